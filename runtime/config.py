@@ -1,0 +1,187 @@
+"""Configuration: `config.toml` read with tomllib into frozen pydantic models.
+
+Every key is optional. An unknown key, a wrong type or a missing file raises ConfigError with one line
+naming the file, the key and what was expected; the CLI turns that into exit code 2.
+Secrets may come from `OMS_*` environment variables, which win over the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for an operator in one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServiceConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: str = "data"
+    client_id: str = "paper"
+    # SQLite durability: FULL fsyncs every commit (survives power loss); NORMAL survives a process crash.
+    db_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    database_url: str = ""  # empty: SQLite at <data_dir>/orders.db
+    max_body_bytes: int = Field(65536, gt=0)
+    max_legs: int = Field(20, gt=0)
+    # A CREATED order older than this at restart is never sent (EXPIRED_ON_RESTART).
+    max_signal_age_s: float = Field(30.0, gt=0)
+    # `oms verify` and /diagnostics call a non-terminal order stuck after this long.
+    stuck_after_s: float = Field(120.0, gt=0)
+    listener_threads: int = Field(16, gt=0)
+    log_level: str = "INFO"
+    shutdown_drain_s: float = Field(10.0, ge=0)
+
+
+class WebhookConfig(_Section):
+    secret_key: str = ""
+
+
+class BrokerConfig(_Section):
+    mode: Literal["paper", "shoonya"] = "paper"
+    auth: Literal["quickauth", "oauth"] = "quickauth"
+    # Empty: the embedded paper exchange's URLs (mode=paper) or the live legacy hosts (mode=shoonya).
+    rest_url: str = ""
+    ws_url: str = ""
+    user_id: str = "PAPER1"
+    password: str = ""
+    totp_secret: str = ""
+    vendor_code: str = ""
+    api_secret: str = ""
+    imei: str = "shoonya-oms"
+    # OAuth: the app's client id and the auth code from the browser redirect.
+    oauth_client_id: str = ""
+    auth_code: str = ""
+    connect_timeout_s: float = Field(2.0, gt=0)
+    request_timeout_s: float = Field(5.0, gt=0)
+    orders_per_second: float = Field(10.0, gt=0)
+    orders_per_minute: float = Field(200.0, gt=0)
+    # Session Expired / connection refused: bounded re-login and retry budget (the order was not placed).
+    max_send_attempts: int = Field(3, ge=1)
+    poll_interval_s: float = Field(2.0, gt=0)
+    use_websocket: bool = True
+    # Unknown-outcome orders: how long to look for them in the OrderBook before LOST_IN_FLIGHT.
+    lost_grace_s: float = Field(30.0, gt=0)
+    lost_min_lookups: int = Field(3, ge=1)
+
+
+class PaperConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+    fill_delay_ms: int = Field(50, ge=0)
+    reject_symbols: list[str] = []
+    # uid -> password; empty accepts any credentials.
+    users: dict[str, str] = {}
+    seed: int = 7
+    # Orders above this quantity fill in several partial fills of at most this size.
+    fill_slice_qty: int = Field(1000, gt=0)
+    # Refuse MKT / SL-MKT like the live broker does for API orders.
+    reject_market_orders: bool = False
+    # Random-walk step as a fraction of price, per tick.
+    walk_volatility: float = Field(0.0005, ge=0)
+    tick_interval_ms: int = Field(500, gt=0)
+
+
+class TelegramConfig(_Section):
+    token: str = ""
+    chat_id: str = ""
+    api_url: str = "https://api.telegram.org"
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+
+
+class RiskConfig(_Section):
+    max_daily_loss: float = Field(0.0, ge=0)  # 0 = no limit
+    trail_step: float = Field(0.0, ge=0)
+    warning_at: float = Field(0.8, gt=0, le=1)
+    max_loss_days: int = Field(0, ge=0)
+    max_lots_per_order: int = Field(0, ge=0)
+    max_notional_per_order: float = Field(0.0, ge=0)
+    max_open_positions: int = Field(0, ge=0)
+    max_entries_per_second: float = Field(10.0, ge=0)
+    max_entries_per_minute: float = Field(200.0, ge=0)
+    enforce_trading_hours: bool | None = None
+    square_off_time: dict[str, str] = {}
+    pnl_poll_interval_s: float = Field(5.0, gt=0)
+
+
+class Config(_Section):
+    service: ServiceConfig = ServiceConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    broker: BrokerConfig = BrokerConfig()
+    paper: PaperConfig = PaperConfig()
+    telegram: TelegramConfig = TelegramConfig()
+    risk: RiskConfig = RiskConfig()
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.service.data_dir)
+
+
+# Environment variables that override secrets: name -> (section, key).
+SECRET_ENV = {
+    "OMS_WEBHOOK_SECRET": ("webhook", "secret_key"),
+    "OMS_BROKER_PASSWORD": ("broker", "password"),
+    "OMS_BROKER_TOTP_SECRET": ("broker", "totp_secret"),
+    "OMS_BROKER_API_SECRET": ("broker", "api_secret"),
+    "OMS_BROKER_AUTH_CODE": ("broker", "auth_code"),
+    "OMS_TELEGRAM_TOKEN": ("telegram", "token"),
+}
+
+
+def _describe_error(source: str, err: dict) -> str:
+    key = ".".join(str(part) for part in err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    expected = err.get("msg", "invalid value")
+    given = err.get("input")
+    shown = "" if isinstance(given, dict) else f" (got {given!r})"
+    if any(word in key for word in ("secret", "password", "token", "auth_code")):
+        shown = ""  # never echo a secret back
+    return f"{source}: key '{key}': {expected}{shown}"
+
+
+def config_from_dict(raw: dict, source: str = "<config>", environ: dict | None = None) -> Config:
+    """Build a Config from a parsed TOML dict plus OMS_* secret overrides."""
+    env = os.environ if environ is None else environ
+    merged = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for var, (section, key) in SECRET_ENV.items():
+        if env.get(var):
+            target = merged.setdefault(section, {})
+            if isinstance(target, dict):
+                target[key] = env[var]
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(_describe_error(source, first)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, environ: dict | None = None) -> Config:
+    """Load `path` (default ./config.toml; a missing default file means all defaults).
+
+    A path given explicitly must exist.
+    """
+    explicit = path is not None
+    file = Path(path) if explicit else Path("config.toml")
+    if not file.exists():
+        if explicit:
+            raise ConfigError(f"{file}: file not found")
+        return config_from_dict({}, source=str(file), environ=environ)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from None
+    return config_from_dict(raw, source=str(file), environ=environ)
