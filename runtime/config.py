@@ -30,7 +30,6 @@ class ServiceConfig(_Section):
     client_id: str = "paper"
     # SQLite durability: FULL fsyncs every commit (survives power loss); NORMAL survives a process crash.
     db_synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    database_url: str = ""  # empty: SQLite at <data_dir>/orders.db
     max_body_bytes: int = Field(65536, gt=0)
     max_legs: int = Field(20, gt=0)
     # A CREATED order older than this at restart is never sent (EXPIRED_ON_RESTART).
@@ -89,6 +88,10 @@ class PaperConfig(_Section):
     # Random-walk step as a fraction of price, per tick.
     walk_volatility: float = Field(0.0005, ge=0)
     tick_interval_ms: int = Field(500, gt=0)
+    # Like the exchange: reject a qty that is not a lot multiple or exceeds the freeze qty, and prices off the tick.
+    enforce_lot_tick: bool = False
+    # Limits `cash` of every paper account.
+    cash: float = Field(10_000_000.0, ge=0)
 
 
 class TelegramConfig(_Section):

@@ -1,0 +1,208 @@
+"""GuardActor: steps 2B (position guard) and 2C (duplicate guard), and EXIT resolution.
+
+`GuardBook` is the pure core: a per-strategy, direction-aware position ledger built from our own fills, and
+the set of our orders in flight. Because one actor's mailbox serializes every check, fifty identical alerts
+arriving at once produce exactly one order — no locks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from loguru import logger
+
+from actors.base import SupervisedActor
+
+from messages.commands import AmendExitLeg, Notify, PositionsSnapshot, RiskCleared, SendOrder, TransitionOrder, TransitionResult
+from messages.orders import OrderChanged, OrderSnapshot
+from storage import transitions as T
+from storage.models import Order
+
+PositionKey = tuple[str, str, str, str]  # strategy, exchange, symbol, product
+BROKER_PRODUCTS = {"M": "NRML", "I": "MIS", "C": "CNC"}
+
+
+@dataclass(frozen=True)
+class InFlight:
+    alert_id: str
+    strategy: str
+    exchange: str
+    symbol: str
+    side: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Either a block tag, or the order to send (with EXIT side/qty/product resolved)."""
+
+    tag: str | None = None
+    side: str | None = None
+    quantity: int | None = None
+    product: str | None = None
+
+
+@dataclass
+class GuardBook:
+    positions: dict[PositionKey, int] = field(default_factory=lambda: defaultdict(int))
+    in_flight: dict[str, InFlight] = field(default_factory=dict)
+
+    # ---- the ledger -----------------------------------------------------------------------------
+
+    def apply_fill(self, order: OrderSnapshot, delta: int) -> None:
+        if delta == 0:
+            return
+        key = (order.strategy_name, order.exchange, order.symbol, order.product)
+        self.positions[key] += delta if order.side == "BUY" else -delta
+        if self.positions[key] == 0:
+            del self.positions[key]
+
+    def on_change(self, change: OrderChanged) -> None:
+        self.apply_fill(change.order, change.fill_delta)
+        if change.to_status not in T.NON_TERMINAL:
+            self.in_flight.pop(change.order.command_id, None)
+
+    def strategy_positions(self, strategy: str) -> dict[PositionKey, int]:
+        return {k: v for k, v in self.positions.items() if k[0] == strategy and v != 0}
+
+    # ---- the checks -----------------------------------------------------------------------------
+
+    def _open_order_exists(self, order: OrderSnapshot) -> bool:
+        return any(
+            f.strategy == order.strategy_name and f.symbol == order.symbol and f.exchange == order.exchange
+            and f.alert_id != order.alert_id
+            for f in self.in_flight.values()
+        )
+
+    def evaluate(self, order: OrderSnapshot) -> Decision:
+        if order.execution_type == "ENTRY":
+            if self.strategy_positions(order.strategy_name):
+                return Decision(tag="GUARD_BLOCKED:STRATEGY_HAS_POSITION")
+            want = 1 if order.side == "BUY" else -1
+            for (strategy, exch, symbol, _prd), qty in self.positions.items():
+                if strategy != order.strategy_name and exch == order.exchange and symbol == order.symbol \
+                        and qty * want < 0:
+                    return Decision(tag="GUARD_BLOCKED:CROSS_STRATEGY_CONFLICT")
+            if self._open_order_exists(order):
+                return Decision(tag="DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS")
+            return Decision(side=order.side, quantity=order.quantity, product=order.product)
+
+        held = {k: v for k, v in self.strategy_positions(order.strategy_name).items()
+                if k[1] == order.exchange and k[2] == order.symbol}
+        if not held:
+            return Decision(tag="GUARD_BLOCKED:NO_POSITION")
+        if self._open_order_exists(order):
+            return Decision(tag="DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS")
+        same_product = [k for k in held if k[3] == order.product]
+        key = same_product[0] if same_product else max(held, key=lambda k: abs(held[k]))
+        net = held[key]
+        quantity = abs(net) if order.quantity <= 0 else min(abs(net), order.quantity)
+        return Decision(side="SELL" if net > 0 else "BUY", quantity=quantity, product=key[3])
+
+    def admit(self, order: OrderSnapshot) -> None:
+        self.in_flight[order.command_id] = InFlight(order.alert_id, order.strategy_name, order.exchange,
+                                                    order.symbol, order.side)
+
+    # ---- checking against the broker ------------------------------------------------------------
+
+    def mismatches(self, broker_rows) -> dict[tuple[str, str, str], tuple[int, int]]:
+        """(exchange, symbol, product) -> (our net over all strategies, broker netqty) where they differ.
+
+        Symbols with one of our orders in flight are skipped: their fills may be on one side only for a moment.
+        The ledger is never changed from the broker's account-wide numbers (that would wipe other strategies).
+        """
+        ours: dict[tuple[str, str, str], int] = defaultdict(int)
+        for (_strategy, exch, symbol, product), qty in self.positions.items():
+            ours[(exch, symbol, product)] += qty
+        theirs: dict[tuple[str, str, str], int] = defaultdict(int)
+        for row in broker_rows:
+            product = BROKER_PRODUCTS.get(str(row.get("prd") or ""), str(row.get("prd") or ""))
+            theirs[(str(row.get("exch") or ""), str(row.get("tsym") or ""), product)] += int(row.get("netqty") or 0)
+        busy = {(f.exchange, f.symbol) for f in self.in_flight.values()}
+        out = {}
+        for key in set(ours) | set(theirs):
+            if (key[0], key[1]) in busy:
+                continue
+            if ours.get(key, 0) != theirs.get(key, 0):
+                out[key] = (ours.get(key, 0), theirs.get(key, 0))
+        return out
+
+    # ---- rebuilding from the database -----------------------------------------------------------
+
+    @classmethod
+    def from_database(cls) -> "GuardBook":
+        book = cls()
+        query = Order.select().where((Order.filled_qty > 0) | Order.status.in_(list(T.OPEN_AT_BROKER)))
+        for row in query:
+            snap = OrderSnapshot.model_validate(row.__data__)
+            book.apply_fill(snap, row.filled_qty)
+            if row.status in T.OPEN_AT_BROKER:
+                book.admit(snap)
+        return book
+
+
+class GuardActor(SupervisedActor):
+    registry_name = "guard"
+
+    def __init__(self, registry):
+        super().__init__(registry)
+        self.book = GuardBook()
+        self.suspect: dict = {}  # mismatches seen once; reported when seen twice in a row
+        self.reported: dict = {}
+
+    def on_start(self):
+        self.book = GuardBook.from_database()
+        logger.info("guard ledger: {} positions, {} orders in flight", len(self.book.positions),
+                    len(self.book.in_flight))
+
+    def handle(self, message):
+        if isinstance(message, RiskCleared):
+            for order in message.orders:
+                self._check(order)
+            return None
+        if isinstance(message, OrderChanged):
+            self.book.on_change(message)
+            return None
+        if isinstance(message, PositionsSnapshot):
+            self._check_against_broker(message.rows)
+            return None
+        if message == "ledger":
+            return {"positions": {"|".join(k): v for k, v in self.book.positions.items()},
+                    "in_flight": sorted(self.book.in_flight)}
+        return None
+
+    def _check_against_broker(self, rows) -> None:
+        found = self.book.mismatches(rows)
+        confirmed = {k: v for k, v in found.items() if self.suspect.get(k) == v}
+        self.suspect = found
+        for key, (ours, theirs) in confirmed.items():
+            if self.reported.get(key) == (ours, theirs):
+                continue
+            exch, symbol, product = key
+            logger.bind(event="ledger_mismatch", symbol=symbol, ours=ours, broker=theirs).error(
+                "ledger mismatch on {} {} {}: our strategies hold {}, the broker shows {}; not changed, "
+                "operator to check", exch, symbol, product, ours, theirs)
+            self.registry.tell("notifier", Notify(kind="ledger", text=f"Position mismatch {exch} {symbol} "
+                                                  f"{product}: ours {ours}, broker {theirs}. Please check."))
+        self.reported = {k: v for k, v in self.reported.items() if k in found}
+        self.reported.update(confirmed)
+
+    def _block(self, order: OrderSnapshot, tag: str) -> None:
+        self.registry.tell("store", TransitionOrder(command_id=order.command_id, to_status="FAILED",
+                                                    expect_from=("CREATED",), tag=tag))
+
+    def _check(self, order: OrderSnapshot) -> None:
+        decision = self.book.evaluate(order)
+        if decision.tag:
+            self._block(order, decision.tag)
+            return
+        if (decision.side, decision.quantity, decision.product) != (order.side, order.quantity, order.product):
+            result: TransitionResult = self.registry.ask("store", AmendExitLeg(
+                command_id=order.command_id, side=decision.side, quantity=decision.quantity,
+                product=decision.product))
+            if not result.applied or result.order is None:
+                logger.warning("exit leg {} could not be resolved (no longer CREATED)", order.command_id)
+                return
+            order = result.order
+        self.book.admit(order)
+        self.registry.tell("broker", SendOrder(order=order))

@@ -1,0 +1,326 @@
+"""IngressActor: the HTTP listener (webhook + read API).
+
+The plain parts — parsing, authentication, leg validation, redaction, building the legs — are functions
+that tests call directly. `IngressApp` is the WSGI application; `IngressActor` owns the waitress server.
+The 202 goes out only after StoreActor has committed every leg (an `ask`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+from loguru import logger
+
+from actors.base import SupervisedActor
+from pydantic import ValidationError
+
+from messages.alerts import WebhookAlert, WebhookLeg
+from messages.commands import (
+    GetState,
+    Halt,
+    Notify,
+    OrdersRegistered,
+    RecordAlert,
+    RegisterAlert,
+    RegisterResult,
+    Resume,
+)
+from messages.orders import NewOrder
+from storage import queries
+
+EXCHANGES = frozenset({"NSE", "NFO", "BSE", "BFO", "MCX", "CDS"})
+REGISTER_TIMEOUT_S = 2.5  # the 202 must leave well inside TradingView's 3 s
+
+_SECRET_FIELD = re.compile(r'("secret_key"\s*:\s*)"(?:[^"\\]|\\.)*"', re.IGNORECASE)
+
+
+def new_command_id() -> str:
+    """20 characters, globally unique; travels to the broker as `remarks`."""
+    return "oms" + uuid.uuid4().hex[:17]
+
+
+def redact(text: str, secret: str) -> str:
+    """Remove the secret (and any secret_key value, right or wrong) from text bound for a log or table."""
+    text = _SECRET_FIELD.sub(r'\1"***"', text)
+    if secret:
+        text = text.replace(secret, "***")
+    return text
+
+
+def signature_ok(body: bytes, signature: str | None, secret: str) -> bool:
+    if not signature or not secret:
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.strip().lower())
+
+
+def secret_ok(given: str | None, secret: str) -> bool:
+    return bool(secret) and isinstance(given, str) and hmac.compare_digest(given.encode(), secret.encode())
+
+
+def format_validation_errors(exc: ValidationError) -> list[str]:
+    errors = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        msg = err.get("msg", "invalid")
+        msg = msg.removeprefix("Value error, ")
+        errors.append(f"{loc}: {msg}")
+    return errors
+
+
+def leg_problems(leg: WebhookLeg, exchange: str | None) -> list[str]:
+    """Reasons (UPPER_SNAKE) why a well-formed leg cannot be sent; empty when it can."""
+    problems = []
+    if leg.qty <= 0:
+        problems.append("QTY_NOT_POSITIVE")
+    elif leg.qty != int(leg.qty):
+        problems.append("QTY_NOT_INTEGER")
+    if exchange not in EXCHANGES:
+        problems.append("UNKNOWN_EXCHANGE" if exchange else "EXCHANGE_MISSING")
+    if leg.price < 0:
+        problems.append("PRICE_NEGATIVE")
+    if leg.order_type in ("LIMIT", "SL") and leg.price <= 0:
+        problems.append("PRICE_REQUIRED")
+    if leg.order_type in ("SL", "SL-M") and (leg.trigger_price is None or leg.trigger_price <= 0):
+        problems.append("TRIGGER_PRICE_REQUIRED")
+    return problems
+
+
+def build_orders(alert: WebhookAlert, alert_id: str, client_id: str, source: str,
+                 make_id: Callable[[], str] = new_command_id) -> list[NewOrder]:
+    orders = []
+    for index, leg in enumerate(alert.legs):
+        exchange = leg.exchange or alert.exchange
+        problems = leg_problems(leg, exchange)
+        orders.append(NewOrder(
+            command_id=make_id(), alert_id=alert_id, client_id=client_id, source=source,
+            strategy_name=alert.strategy_name, execution_type=alert.execution_type,
+            exchange=exchange or "", symbol=leg.tradingsymbol, side=leg.direction,
+            quantity=int(leg.qty) if leg.qty == int(leg.qty) else 0, product=leg.product_type,
+            order_type=leg.order_type, price=leg.price, trigger_price=leg.trigger_price,
+            status="FAILED" if problems else "CREATED",
+            tag=f"VALIDATION_FAILED:{','.join(problems)}" if problems else None,
+            leg_index=index,
+        ))
+    return orders
+
+
+@dataclass
+class Outcome:
+    """What the listener answers, and what it records."""
+
+    status: int
+    body: dict[str, Any]
+    outcome: str = ""
+    alert: WebhookAlert | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+def parse_webhook(body: bytes, signature: str | None, secret: str) -> Outcome:
+    """Steps before registration: JSON, authentication, shape. Pure."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        errors = [f"body: not valid JSON ({exc})" if isinstance(exc, json.JSONDecodeError) else "body: not UTF-8"]
+        return Outcome(400, {"error": "malformed JSON", "errors": errors}, "invalid", errors=errors)
+    if not isinstance(data, dict):
+        errors = ["body: the alert must be a JSON object"]
+        return Outcome(400, {"error": "wrong shape", "errors": errors}, "invalid", errors=errors)
+    lowered = {str(k).lower(): v for k, v in data.items()}
+    if not (signature_ok(body, signature, secret) or secret_ok(lowered.get("secret_key"), secret)):
+        return Outcome(401, {"error": "unauthorized: bad or missing secret_key / X-Signature"}, "unauthorized",
+                       errors=["unauthorized"])
+    try:
+        alert = WebhookAlert.model_validate(data)
+    except ValidationError as exc:
+        errors = format_validation_errors(exc)
+        return Outcome(400, {"error": "wrong shape", "errors": errors}, "invalid", errors=errors)
+    return Outcome(202, {}, "accepted", alert=alert)
+
+
+class IngressApp:
+    """The WSGI application: POST /webhook and the read API."""
+
+    def __init__(self, registry, config):
+        self.registry = registry
+        self.config = config
+        self.accepting = threading.Event()
+        self.ready = threading.Event()
+
+    # ---- WSGI plumbing --------------------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("PATH_INFO", "/") or "/"
+        try:
+            status, payload = self.route(method, path, environ)
+        except Exception:  # noqa: BLE001 - the listener must answer, and the failure must be visible
+            logger.exception("listener error on {} {}", method, path)
+            status, payload = 500, {"error": "internal error"}
+        data = json.dumps(payload, default=str).encode()
+        start_response(f"{status} {_REASONS.get(status, 'OK')}",
+                       [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def route(self, method: str, path: str, environ) -> tuple[int, Any]:
+        path = "/" + path.strip("/")
+        if path == "/webhook":
+            if method != "POST":
+                return 405, {"error": "use POST"}
+            return self.webhook(environ)
+        if method == "GET":
+            query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+            if path == "/health":
+                ok = self.ready.is_set()
+                return (200 if ok else 503), {"status": "ok" if ok else "starting",
+                                              "accepting": self.accepting.is_set()}
+            if path == "/orders":
+                try:
+                    limit = int(query.get("limit", 100))
+                except ValueError:
+                    return 400, {"error": "limit must be an integer"}
+                return 200, queries.list_orders(query.get("status"), query.get("strategy"),
+                                                query.get("symbol"), limit)
+            if path.startswith("/orders/"):
+                order = queries.get_order(path.split("/", 2)[2])
+                return (200, order) if order else (404, {"error": "no such order"})
+            if path == "/positions":
+                return 200, queries.strategy_positions()
+            if path == "/diagnostics":
+                return 200, {"counts": queries.counts_by_status(),
+                             "stuck": queries.stuck_orders(self.config.service.stuck_after_s),
+                             "accepting": self.accepting.is_set()}
+            if path == "/risk":
+                return 200, self.registry.ask("risk", GetState(), timeout=5)
+        if method == "POST" and path in ("/risk/halt", "/risk/resume"):
+            msg = Halt(reason="MANUAL") if path.endswith("halt") else Resume()
+            return 200, self.registry.ask("risk", msg, timeout=5)
+        return 404, {"error": f"no route {method} {path}"}
+
+    # ---- POST /webhook --------------------------------------------------------------------------
+
+    def webhook(self, environ) -> tuple[int, Any]:
+        remote = environ.get("REMOTE_ADDR")
+        secret = self.config.webhook.secret_key
+        limit = self.config.service.max_body_bytes
+        if not self.accepting.is_set():
+            self._record(RecordAlert(outcome="unavailable", http_status=503, remote_addr=remote,
+                                     error="service is not accepting alerts (starting or stopping)"))
+            return 503, {"error": "service is not accepting alerts now; retry later"}
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > limit:
+            self._record(RecordAlert(outcome="too_large", http_status=413, remote_addr=remote,
+                                     error=f"body of {length} bytes over the {limit} byte limit"))
+            return 413, {"error": f"body over the {limit} byte limit"}
+        body = environ["wsgi.input"].read(min(length, limit + 1)) if length else environ["wsgi.input"].read(limit + 1)
+        if len(body) > limit:
+            self._record(RecordAlert(outcome="too_large", http_status=413, remote_addr=remote,
+                                     error=f"body over the {limit} byte limit"))
+            return 413, {"error": f"body over the {limit} byte limit"}
+        redacted = redact(body.decode("utf-8", "replace"), secret)
+        result = parse_webhook(body, environ.get("HTTP_X_SIGNATURE"), secret)
+        if result.alert is None:
+            self._record(RecordAlert(outcome=result.outcome, http_status=result.status, remote_addr=remote,
+                                     body=redacted, error="; ".join(result.errors)[:2000]))
+            return result.status, result.body
+        alert = result.alert
+        if len(alert.legs) > self.config.service.max_legs:
+            error = f"legs: at most {self.config.service.max_legs} legs per alert"
+            self._record(RecordAlert(outcome="invalid", http_status=400, remote_addr=remote, body=redacted,
+                                     alert_id=alert.alert_id, strategy_name=alert.strategy_name, error=error))
+            return 400, {"error": "wrong shape", "errors": [error]}
+        return self.register(alert, source="webhook", remote=remote, body=redacted)
+
+    def register(self, alert: WebhookAlert, *, source: str, remote: str | None = None,
+                 body: str | None = None) -> tuple[int, Any]:
+        alert_id = alert.alert_id or f"auto-{uuid.uuid4().hex[:16]}"
+        legs = build_orders(alert, alert_id, self.config.service.client_id, source)
+        msg = RegisterAlert(alert_id=alert_id, source=source, remote_addr=remote,
+                            strategy_name=alert.strategy_name, body=body, legs=tuple(legs))
+        try:
+            result: RegisterResult = self.registry.ask("store", msg, timeout=REGISTER_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - timeout or a dead store: say so, never pretend
+            logger.error("alert {}: registration did not complete in time: {!r}", alert_id, exc)
+            return 503, {"error": "could not register the alert in time; retry with the same alert_id",
+                         "alert_id": alert_id}
+        if not result.duplicate:
+            created = tuple(o for o in result.orders if o.status == "CREATED")
+            self.registry.tell("notifier", Notify(
+                kind="alert", text=f"Alert {alert_id} {alert.strategy_name} {alert.execution_type}: "
+                                   f"{len(result.orders)} leg(s)"))
+            if created:
+                self.registry.tell("risk", OrdersRegistered(orders=created))
+        return result.http_status, result.response
+
+    def _record(self, msg: RecordAlert) -> None:
+        self.registry.tell("store", msg)
+
+
+_REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+            405: "Method Not Allowed", 413: "Payload Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+
+
+class IngressActor(SupervisedActor):
+    """Owns the waitress listener; the request threads use IngressApp."""
+
+    registry_name = "ingress"
+
+    def __init__(self, registry, config, *, app: IngressApp | None = None, port: int | None = None):
+        super().__init__(registry)
+        self.app = app or IngressApp(registry, config)
+        self.config = config
+        self.port = config.service.port if port is None else port
+        self.server = None
+        self.thread: threading.Thread | None = None
+
+    def on_start(self):
+        from waitress.server import create_server
+
+        self.server = create_server(
+            self.app, host=self.config.service.host, port=self.port,
+            threads=self.config.service.listener_threads,
+            max_request_body_size=self.config.service.max_body_bytes * 4,
+            connection_limit=1000, channel_timeout=30, clear_untrusted_proxy_headers=True,
+            ident="shoonya-oms",
+        )
+        self.port = self.server.effective_port
+        self.thread = threading.Thread(target=self._serve, name="ingress-listener", daemon=True)
+        self.thread.start()
+        logger.info("listener on http://{}:{}", self.config.service.host, self.port)
+
+    def _serve(self):
+        try:
+            self.server.run()
+        except (OSError, ValueError):  # closed during shutdown
+            pass
+
+    def handle(self, message):
+        if message == "port":
+            return self.port
+        if message == "accept":
+            self.app.ready.set()
+            self.app.accepting.set()
+            return True
+        if message == "refuse":
+            self.app.accepting.clear()
+            return True
+        return None
+
+    def on_stop(self):
+        self.app.accepting.clear()
+        if self.server is not None:
+            self.server.close()
+        if self.thread is not None:
+            self.thread.join(timeout=5)

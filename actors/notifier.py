@@ -1,0 +1,173 @@
+"""NotifierActor: Telegram `sendMessage` (log-only when no token), queued, retried with backoff.
+
+It runs in its own thread and nobody waits for it: a dead or slow Telegram delays only notifications.
+Order notifications are derived from StoreActor's OrderChanged stream, so each fact is told exactly once.
+`describe_change` and `Outbox` are the pure parts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import requests
+from loguru import logger
+
+from actors.base import SupervisedActor
+
+from messages.commands import Notify, Tick
+from messages.orders import OrderChanged
+from runtime.ticker import Ticker
+
+
+def describe_change(change: OrderChanged) -> Notify | None:
+    """The notification for an order change, or None if it is not worth one."""
+    o = change.order
+    what = f"{o.side} {o.quantity} {o.symbol} ({o.strategy_name} {o.execution_type})"
+    if change.to_status == "EXECUTED" and change.from_status != "EXECUTED":
+        return Notify(kind="filled", command_id=o.command_id,
+                      text=f"Filled {what}: {o.filled_qty} @ {o.avg_price or 0:.2f}")
+    if change.to_status == "PARTIAL" and change.fill_delta > 0:
+        return Notify(kind="partial", command_id=o.command_id,
+                      text=f"Partially filled {what}: {o.filled_qty}/{o.quantity} @ {o.avg_price or 0:.2f}")
+    if change.to_status == "FAILED" and change.from_status != "FAILED":
+        tag = change.tag or ""
+        kind = "blocked" if tag.split(":")[0] in ("VALIDATION_FAILED", "RISK_BLOCKED", "GUARD_BLOCKED",
+                                                  "DUPLICATE_BLOCKED") else "rejected"
+        label = "Blocked" if kind == "blocked" else "Failed"
+        return Notify(kind=kind, command_id=o.command_id, text=f"{label} {what}: {tag}")
+    if o.broker_order_id and not change.prev_broker_order_id and change.to_status in ("SENT_TO_BROKER", "PARTIAL"):
+        return Notify(kind="placed", command_id=o.command_id, text=f"Placed {what}: broker id {o.broker_order_id}")
+    return None
+
+
+@dataclass
+class Pending:
+    note: Notify
+    attempts: int = 0
+    next_at: float = 0.0
+
+
+@dataclass
+class Outbox:
+    """The queue with its retry schedule (exponential backoff, capped)."""
+
+    max_attempts: int
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    queue: deque = field(default_factory=deque)
+
+    def add(self, note: Notify) -> None:
+        self.queue.append(Pending(note))
+
+    def due(self, now: float) -> Pending | None:
+        if self.queue and self.queue[0].next_at <= now:
+            return self.queue[0]
+        return None
+
+    def delivered(self) -> None:
+        self.queue.popleft()
+
+    def failed(self, now: float) -> Pending | None:
+        """Record a failed attempt of the head; returns it if it is now given up."""
+        head = self.queue[0]
+        head.attempts += 1
+        if head.attempts >= self.max_attempts:
+            self.queue.popleft()
+            return head
+        head.next_at = now + min(self.base_delay_s * 2 ** (head.attempts - 1), self.max_delay_s)
+        return None
+
+
+class NotifierActor(SupervisedActor):
+    registry_name = "notifier"
+
+    def __init__(self, registry, config):
+        super().__init__(registry)
+        self.cfg = config.telegram
+        self.outbox = Outbox(max_attempts=self.cfg.max_attempts)
+        self.session = requests.Session()
+        self.stats = {"delivered": 0, "undelivered": 0, "logged": 0}
+        self.sent: list[dict] = []  # recent notifications, for /diagnostics and tests
+        self.ticker: Ticker | None = None
+
+    def on_start(self):
+        self.ticker = Ticker(self.actor_ref, 0.25, "flush").start()
+
+    def on_stop(self):
+        if self.ticker:
+            self.ticker.stop()
+        self._flush(final=True)
+
+    def handle(self, message):
+        if isinstance(message, OrderChanged):
+            note = describe_change(message)
+            if note:
+                self._enqueue(note)
+            return None
+        if isinstance(message, Notify):
+            self._enqueue(message)
+            return None
+        if isinstance(message, Tick):
+            self._flush()
+            return None
+        if message == "stats":
+            return dict(self.stats, pending=len(self.outbox.queue), recent=list(self.sent[-200:]))
+        return None
+
+    def _enqueue(self, note: Notify) -> None:
+        self.sent.append({"kind": note.kind, "text": note.text, "command_id": note.command_id})
+        del self.sent[:-500]
+        if not self.cfg.token:
+            self.stats["logged"] += 1
+            logger.info("notify [{}] {}", note.kind, note.text)
+            return
+        self.outbox.add(note)
+        self._flush()
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.cfg.token, "***") if self.cfg.token else text
+
+    def _flush(self, final: bool = False) -> None:
+        """Send what is due, in order; stop at the first failure and retry on a later tick.
+
+        On the final flush (stopping) each pending message gets one more try within a few seconds.
+        """
+        deadline = time.monotonic() + 3.0
+        while self.outbox.queue:
+            now = time.monotonic()
+            head = self.outbox.queue[0] if final else self.outbox.due(now)
+            if head is None:
+                return
+            if final and now > deadline:
+                self._undelivered(self.outbox.queue.popleft(), "service stopping")
+                continue
+            error = self._send(head.note)
+            if error is None:
+                self.outbox.delivered()
+                self.stats["delivered"] += 1
+                continue
+            if final:
+                self._undelivered(self.outbox.queue.popleft(), error)
+                continue
+            given_up = self.outbox.failed(now)
+            if given_up is not None:
+                self._undelivered(given_up, error)
+                continue
+            return
+
+    def _send(self, note: Notify) -> str | None:
+        url = f"{self.cfg.api_url.rstrip('/')}/bot{self.cfg.token}/sendMessage"
+        try:
+            reply = self.session.post(url, json={"chat_id": self.cfg.chat_id, "text": note.text},
+                                      timeout=self.cfg.timeout_s)
+        except requests.RequestException as exc:
+            return self._scrub(f"{type(exc).__name__}: {exc}")
+        return None if reply.status_code == 200 else f"HTTP {reply.status_code}"
+
+    def _undelivered(self, item: Pending, error: str) -> None:
+        self.stats["undelivered"] += 1
+        logger.bind(event="notification", delivered=False).warning(
+            "notification undelivered after {} attempt(s) ({}): [{}] {}", item.attempts, error[:200],
+            item.note.kind, item.note.text)

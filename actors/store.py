@@ -1,0 +1,296 @@
+"""StoreActor: the only writer of `orders`, `order_events` and `alerts`.
+
+Being one actor (one thread, one mailbox) serializes every status change without locks; each write is a
+compare-and-set in SQL as well, so even a second process on the same file could not send an order twice.
+`OrderStore` holds the plain logic and is what unit tests call directly.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable
+
+from loguru import logger
+
+from actors.base import SupervisedActor
+
+from messages.commands import (
+    AmendExitLeg,
+    Notify,
+    BrokerOrderReport,
+    RecordAlert,
+    RegisterAlert,
+    RegisterResult,
+    ReportResult,
+    SetBrokerOrderId,
+    Subscribe,
+    TransitionOrder,
+    TransitionResult,
+)
+from messages.orders import OrderChanged, OrderSnapshot
+from storage import transitions as T
+from storage.models import Alert, ExternalOrder, Order, OrderEvent, utc_now
+
+
+def snapshot(row: Order) -> OrderSnapshot:
+    return OrderSnapshot.model_validate(row.__data__, from_attributes=False)
+
+
+def _order_response(orders: Iterable[OrderSnapshot]) -> list[dict]:
+    return [
+        {"command_id": o.command_id, "tradingsymbol": o.symbol, "status": o.status, "tag": o.tag}
+        for o in orders
+    ]
+
+
+class OrderStore:
+    """Plain write logic over the peewee models. Every method is one transaction."""
+
+    def __init__(self, db):
+        self.db = db
+
+    # ---- alerts ---------------------------------------------------------------------------------
+
+    def register_alert(self, msg: RegisterAlert) -> tuple[RegisterResult, list[OrderChanged]]:
+        now = utc_now()
+        with self.db.atomic():
+            first = (
+                Alert.select()
+                .where((Alert.alert_id == msg.alert_id) & (Alert.outcome == "accepted"))
+                .order_by(Alert.id)
+                .first()
+            )
+            if first is not None:
+                Alert.create(
+                    alert_id=msg.alert_id, received_at=now, source=msg.source, remote_addr=msg.remote_addr,
+                    outcome="duplicate", http_status=200, strategy_name=msg.strategy_name, body=msg.body,
+                    response=first.response,
+                )
+                return RegisterResult(duplicate=True, http_status=200, response=json.loads(first.response)), []
+
+            rows = []
+            for leg in msg.legs:
+                data = leg.model_dump()
+                data.update(created_at=now, updated_at=now, filled_qty=0)
+                rows.append(data)
+            if rows:
+                Order.insert_many(rows).execute()
+                OrderEvent.insert_many(
+                    [
+                        {"command_id": r["command_id"], "from_status": None, "to_status": r["status"],
+                         "tag": r["tag"], "detail": "registered", "at": now}
+                        for r in rows
+                    ]
+                ).execute()
+            snapshots = tuple(
+                OrderSnapshot.model_validate({**r, "broker_order_id": None, "avg_price": None}) for r in rows
+            )
+            response = {"alert_id": msg.alert_id, "orders": _order_response(snapshots)}
+            Alert.create(
+                alert_id=msg.alert_id, received_at=now, source=msg.source, remote_addr=msg.remote_addr,
+                outcome="accepted", http_status=202, strategy_name=msg.strategy_name, body=msg.body,
+                response=json.dumps(response),
+            )
+        changes = [OrderChanged(order=o, from_status=None, to_status=o.status, tag=o.tag, detail="registered")
+                   for o in snapshots]
+        return RegisterResult(duplicate=False, http_status=202, response=response, orders=snapshots), changes
+
+    def record_alert(self, msg: RecordAlert) -> None:
+        with self.db.atomic():
+            Alert.create(
+                alert_id=msg.alert_id, received_at=utc_now(), source=msg.source, remote_addr=msg.remote_addr,
+                outcome=msg.outcome, http_status=msg.http_status, strategy_name=msg.strategy_name,
+                body=msg.body, error=msg.error,
+            )
+
+    # ---- orders ---------------------------------------------------------------------------------
+
+    def _apply(self, row: Order, to_status: str | None, tag: str | None, detail: str | None,
+               **fields) -> OrderChanged | None:
+        """Compare-and-set update of one row plus its event; returns None if the row moved meanwhile."""
+        now = utc_now()
+        from_status = row.status
+        updates = dict(fields, updated_at=now)
+        if to_status is not None:
+            updates.update(status=to_status, tag=tag)
+        n = (
+            Order.update(**updates)
+            .where((Order.command_id == row.command_id) & (Order.status == from_status))
+            .execute()
+        )
+        if n != 1:
+            return None
+        if to_status is not None:
+            OrderEvent.create(command_id=row.command_id, from_status=from_status, to_status=to_status,
+                              tag=tag, detail=detail, at=now)
+        prev_filled, prev_broker_id = row.filled_qty, row.broker_order_id
+        for key, value in updates.items():
+            setattr(row, key, value)
+        return OrderChanged(order=snapshot(row), from_status=from_status, to_status=row.status,
+                            prev_filled_qty=prev_filled, prev_broker_order_id=prev_broker_id, tag=row.tag,
+                            detail=detail)
+
+    def transition(self, msg: TransitionOrder) -> tuple[TransitionResult, list[OrderChanged]]:
+        with self.db.atomic():
+            row = Order.get_or_none(Order.command_id == msg.command_id)
+            if row is None:
+                return TransitionResult(applied=False, reason="UNKNOWN_ORDER"), []
+            if msg.expect_from is not None and row.status not in msg.expect_from:
+                return TransitionResult(applied=False, order=snapshot(row), reason=f"STATUS_IS_{row.status}"), []
+            if not T.is_allowed(row.status, msg.to_status) or (
+                row.status == T.FAILED  # FAILED moves on only through broker-reported fills
+            ):
+                logger.warning("refused illegal transition {} {} -> {} ({})", msg.command_id, row.status,
+                               msg.to_status, msg.tag)
+                return TransitionResult(applied=False, order=snapshot(row), reason="ILLEGAL_TRANSITION"), []
+            fields = {"broker_order_id": msg.broker_order_id} if msg.broker_order_id else {}
+            change = self._apply(row, msg.to_status, msg.tag, msg.detail, **fields)
+        if change is None:
+            return TransitionResult(applied=False, reason="CONCURRENT_UPDATE"), []
+        return TransitionResult(applied=True, order=change.order), [change]
+
+    def set_broker_order_id(self, msg: SetBrokerOrderId) -> list[OrderChanged]:
+        with self.db.atomic():
+            row = Order.get_or_none(Order.command_id == msg.command_id)
+            if row is None or row.broker_order_id == msg.broker_order_id:
+                return []
+            if row.broker_order_id and row.broker_order_id != msg.broker_order_id:
+                logger.error("order {} already has broker id {}; refusing {}", msg.command_id,
+                             row.broker_order_id, msg.broker_order_id)
+                return []
+            change = self._apply(row, None, None, "broker accepted", broker_order_id=msg.broker_order_id)
+        return [change] if change else []
+
+    def amend_exit_leg(self, msg: AmendExitLeg) -> TransitionResult:
+        with self.db.atomic():
+            n = (
+                Order.update(side=msg.side, quantity=msg.quantity, product=msg.product, updated_at=utc_now())
+                .where((Order.command_id == msg.command_id) & (Order.status == T.CREATED))
+                .execute()
+            )
+            row = Order.get_or_none(Order.command_id == msg.command_id)
+        return TransitionResult(applied=n == 1, order=snapshot(row) if row else None)
+
+    def find_for_report(self, report: BrokerOrderReport) -> Order | None:
+        if report.remarks:
+            row = Order.get_or_none(Order.command_id == report.remarks)
+            if row is not None:
+                return row
+        if report.broker_order_id:
+            return Order.get_or_none(Order.broker_order_id == report.broker_order_id)
+        return None
+
+    def record_external(self, report: BrokerOrderReport) -> bool:
+        """Upsert an order that is not ours. Returns True the first time it is seen."""
+        if not report.broker_order_id:
+            return False
+        now = utc_now()
+        status = T.normalise_broker_status(report.status)
+        updated = (ExternalOrder.update(status=status, filled_qty=report.filled_qty, last_seen_at=now)
+                   .where(ExternalOrder.broker_order_id == report.broker_order_id).execute())
+        if updated:
+            return False
+        ExternalOrder.create(broker_order_id=report.broker_order_id, remarks=report.remarks,
+                             exchange=report.exchange, symbol=report.symbol, side=report.side,
+                             quantity=report.quantity, status=status, filled_qty=report.filled_qty,
+                             first_seen_at=now, last_seen_at=now)
+        return True
+
+    def apply_broker_report(self, report: BrokerOrderReport) -> tuple[ReportResult, list[OrderChanged]]:
+        with self.db.atomic():
+            row = self.find_for_report(report)
+            if row is None:
+                return ReportResult(matched=False, external=self.record_external(report)), []
+            current = T.OrderState(status=row.status, filled_qty=row.filled_qty, avg_price=row.avg_price,
+                                   broker_order_id=row.broker_order_id, tag=row.tag)
+            view = T.BrokerView(status=T.normalise_broker_status(report.status), filled_qty=report.filled_qty,
+                                avg_price=report.avg_price, broker_order_id=report.broker_order_id,
+                                reason=report.reason)
+            plan = T.plan_broker_update(current, view)
+            if plan is None:
+                return ReportResult(matched=True, command_id=row.command_id), []
+            if plan.to_status is not None and row.status == T.CREATED:
+                # A report for an order we have not marked sent: impossible unless another process sent it.
+                logger.error("broker report for CREATED order {}; recording SENT_TO_BROKER first", row.command_id)
+                first = self._apply(row, T.SENT_TO_BROKER, None, "adopted from broker report")
+                if first is None:
+                    return ReportResult(matched=True, command_id=row.command_id), []
+            detail = f"broker {view.status} via {report.origin}"
+            change = self._apply(row, plan.to_status, plan.tag, detail, filled_qty=plan.filled_qty,
+                                 avg_price=plan.avg_price, broker_order_id=plan.broker_order_id)
+        changes = [change] if change else []
+        return ReportResult(matched=True, command_id=row.command_id, changed=bool(change)), changes
+
+
+class StoreActor(SupervisedActor):
+    """Thin actor over OrderStore: applies writes in mailbox order and publishes OrderChanged."""
+
+    registry_name = "store"
+
+    def __init__(self, db, registry, subscribers: tuple[str, ...] = ()):
+        super().__init__(registry)
+        self.store = OrderStore(db)
+        self.subscribers: list[str] = list(subscribers)
+
+    def handle(self, message):
+        if message == "sync":
+            return True  # answered once every earlier message has been applied
+        if isinstance(message, RegisterAlert):
+            result, changes = self.store.register_alert(message)
+            self._log_alert(message, result)
+            self._publish(changes)
+            return result
+        if isinstance(message, TransitionOrder):
+            result, changes = self.store.transition(message)
+            self._publish(changes)
+            return result
+        if isinstance(message, BrokerOrderReport):
+            result, changes = self.store.apply_broker_report(message)
+            self._publish(changes)
+            if result.external:
+                self._external(message)
+            return result
+        if isinstance(message, SetBrokerOrderId):
+            self._publish(self.store.set_broker_order_id(message))
+            return None
+        if isinstance(message, AmendExitLeg):
+            return self.store.amend_exit_leg(message)
+        if isinstance(message, RecordAlert):
+            self.store.record_alert(message)
+            logger.bind(event="alert", alert_id=message.alert_id, outcome=message.outcome,
+                        http_status=message.http_status, strategy=message.strategy_name).info(
+                "alert {} {} ({})", message.alert_id or "-", message.outcome, message.error or "")
+            return None
+        if isinstance(message, Subscribe):
+            if message.name not in self.subscribers:
+                self.subscribers.append(message.name)
+            return None
+        logger.error("StoreActor: unexpected message {!r}", type(message).__name__)
+        return None
+
+    def _external(self, report: BrokerOrderReport) -> None:
+        logger.bind(event="external_order", broker_order_id=report.broker_order_id, symbol=report.symbol).warning(
+            "external order {} at the broker ({} {} {} remarks={!r}): recorded, not adopted",
+            report.broker_order_id, report.side, report.quantity, report.symbol, report.remarks)
+        self.registry.tell("notifier", Notify(
+            kind="external", text=f"External order at the broker, not placed by this service: "
+                                  f"{report.side} {report.quantity} {report.symbol} (id {report.broker_order_id})"))
+
+    def _log_alert(self, msg: RegisterAlert, result: RegisterResult) -> None:
+        outcome = "duplicate" if result.duplicate else "accepted"
+        logger.bind(event="alert", alert_id=msg.alert_id, outcome=outcome, http_status=result.http_status,
+                    strategy=msg.strategy_name, legs=len(msg.legs)).info(
+            "alert {} {} ({} legs)", msg.alert_id, outcome, len(msg.legs))
+
+    def _publish(self, changes: list[OrderChanged]) -> None:
+        for change in changes:
+            o = change.order
+            logger.bind(event="order", command_id=o.command_id, alert_id=o.alert_id, strategy=o.strategy_name,
+                        symbol=o.symbol, from_status=change.from_status, to_status=change.to_status,
+                        tag=change.tag, filled_qty=o.filled_qty, avg_price=o.avg_price,
+                        broker_order_id=o.broker_order_id).info(
+                "order {} {} -> {}{}{}", o.command_id, change.from_status or "-", change.to_status,
+                f" [{change.tag}]" if change.tag else "",
+                f" broker_id={o.broker_order_id} filled={o.filled_qty}" if o.broker_order_id else "")
+            for name in self.subscribers:
+                self.registry.tell(name, change)

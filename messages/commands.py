@@ -1,0 +1,157 @@
+"""Messages between actors. Every one is a frozen pydantic model; actors dispatch on the type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from messages.orders import NewOrder, OrderSnapshot
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# ---- StoreActor: the only writer ------------------------------------------------------------------
+
+class RegisterAlert(_Frozen):
+    """Insert the alert row and every leg in one transaction (ask: the caller waits for the commit)."""
+
+    alert_id: str
+    source: str
+    remote_addr: str | None = None
+    strategy_name: str | None = None
+    body: str | None = None  # secret already redacted
+    legs: tuple[NewOrder, ...]
+
+
+class RegisterResult(_Frozen):
+    duplicate: bool
+    http_status: int
+    response: dict[str, Any]
+    orders: tuple[OrderSnapshot, ...] = ()
+
+
+class RecordAlert(_Frozen):
+    """Audit a request that did not register orders (400/401/413/503)."""
+
+    alert_id: str | None = None
+    source: str = "webhook"
+    remote_addr: str | None = None
+    strategy_name: str | None = None
+    outcome: str
+    http_status: int
+    body: str | None = None
+    error: str | None = None
+
+
+class TransitionOrder(_Frozen):
+    """Compare-and-set: apply `to_status` only if the current status is in `expect_from` (any legal if None)."""
+
+    command_id: str
+    to_status: str
+    expect_from: tuple[str, ...] | None = None
+    tag: str | None = None
+    detail: str | None = None
+    broker_order_id: str | None = None
+
+
+class SetBrokerOrderId(_Frozen):
+    command_id: str
+    broker_order_id: str
+
+
+class AmendExitLeg(_Frozen):
+    """The guard resolved an EXIT leg against the held position (only while CREATED)."""
+
+    command_id: str
+    side: str
+    quantity: int
+    product: str
+
+
+class TransitionResult(_Frozen):
+    applied: bool
+    order: OrderSnapshot | None = None
+    reason: str | None = None
+
+
+class BrokerOrderReport(_Frozen):
+    """What the broker says about one order, from a WebSocket push or an OrderBook row."""
+
+    remarks: str | None
+    broker_order_id: str | None
+    status: str
+    filled_qty: int = 0
+    avg_price: float | None = None
+    reason: str | None = None
+    exchange: str | None = None
+    symbol: str | None = None
+    side: str | None = None
+    quantity: int | None = None
+    origin: str = "ws"  # ws | poll | inject
+
+
+class ReportResult(_Frozen):
+    matched: bool
+    command_id: str | None = None
+    changed: bool = False
+    external: bool = False  # first sighting of an order that is not ours
+
+
+class Subscribe(_Frozen):
+    """Register an actor (by registry name) for OrderChanged publications."""
+
+    name: str
+
+
+# ---- The pipeline ---------------------------------------------------------------------------------
+
+class OrdersRegistered(_Frozen):
+    """Ingress -> Risk: the legs of one alert, durably CREATED, to pass the blockers together."""
+
+    orders: tuple[OrderSnapshot, ...]
+
+
+class RiskCleared(_Frozen):
+    """Risk -> Guard: legs that passed the risk blocker."""
+
+    orders: tuple[OrderSnapshot, ...]
+
+
+class SendOrder(_Frozen):
+    """Guard -> Broker: a leg that passed every blocker."""
+
+    order: OrderSnapshot
+
+
+class Notify(_Frozen):
+    kind: str  # alert | blocked | placed | filled | rejected | service | risk | external | supervisor
+    text: str
+    command_id: str | None = None
+
+
+class Tick(_Frozen):
+    """A timer tick delivered to an actor's own mailbox."""
+
+    name: str = "tick"
+
+
+class Halt(_Frozen):
+    reason: str = "MANUAL"
+
+
+class Resume(_Frozen):
+    pass
+
+
+class GetState(_Frozen):
+    pass
+
+
+class PositionsSnapshot(_Frozen):
+    """Watcher -> Risk/Guard: the broker's PositionBook rows, as plain dicts of typed values."""
+
+    rows: tuple[dict[str, Any], ...]
+    ok: bool = True

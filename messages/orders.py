@@ -1,0 +1,87 @@
+"""Order payloads: what is inserted, what is read back, and what StoreActor publishes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class NewOrder(_Frozen):
+    """One leg to register. status is CREATED, or FAILED with a VALIDATION_FAILED tag."""
+
+    command_id: str
+    alert_id: str
+    client_id: str
+    source: str
+    strategy_name: str
+    execution_type: str
+    exchange: str
+    symbol: str
+    side: str
+    quantity: int
+    product: str
+    order_type: str
+    price: float = 0.0
+    trigger_price: float | None = None
+    status: str = "CREATED"
+    tag: str | None = None
+    leg_index: int = 0
+    parent_command_id: str | None = None
+
+
+class OrderSnapshot(_Frozen):
+    """An `orders` row as read back after a write (JSON field names = column names)."""
+
+    command_id: str
+    alert_id: str
+    client_id: str
+    source: str
+    strategy_name: str
+    execution_type: str
+    exchange: str
+    symbol: str
+    side: str
+    quantity: int
+    product: str
+    order_type: str
+    price: float
+    trigger_price: float | None
+    status: str
+    tag: str | None
+    broker_order_id: str | None
+    filled_qty: int
+    avg_price: float | None
+    created_at: str
+    updated_at: str
+    leg_index: int = 0
+    parent_command_id: str | None = None
+
+    @property
+    def signed_fill(self) -> int:
+        return self.filled_qty if self.side == "BUY" else -self.filled_qty
+
+
+class OrderChanged(_Frozen):
+    """Published by StoreActor after every committed change of an order.
+
+    from_status == to_status when only fields changed (e.g. broker_order_id stored).
+    """
+
+    order: OrderSnapshot
+    from_status: str | None
+    to_status: str
+    prev_filled_qty: int = 0
+    prev_broker_order_id: str | None = None
+    tag: str | None = None
+    detail: str | None = None
+
+    @property
+    def is_transition(self) -> bool:
+        return self.from_status != self.to_status or (self.to_status == "PARTIAL" and self.fill_delta > 0)
+
+    @property
+    def fill_delta(self) -> int:
+        return self.order.filled_qty - self.prev_filled_qty

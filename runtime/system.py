@@ -1,0 +1,239 @@
+"""The one place that starts and stops everything, and the in-process API tests drive it through.
+
+Start order: database, paper exchange (embedded mode), StoreActor, NotifierActor, BrokerActor, WatcherActor,
+GuardActor, RiskActor, start-up recovery, then the listener. Stop is the reverse, after the listener has
+stopped accepting and in-flight orders have drained.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pykka
+from loguru import logger
+
+from actors.broker import BrokerActor
+from actors.guard import GuardActor
+from actors.ingress import IngressActor, IngressApp
+from actors.notifier import NotifierActor
+from actors.risk import RiskActor
+from actors.store import StoreActor
+from actors.watcher import WatcherActor
+from messages.commands import BrokerOrderReport, Notify, OrdersRegistered, TransitionOrder
+from messages.orders import OrderSnapshot
+from runtime.config import Config
+from runtime.logs import remove_logging, setup_logging
+from runtime.registry import Registry
+from runtime.supervisor import Supervisor
+from storage import queries
+from storage import transitions as T
+from storage.db import close_database, open_database
+from storage.models import Order
+
+LIVE_REST_URL = "https://api.shoonya.com/NorenWClientTP/"
+LIVE_WS_URL = "wss://api.shoonya.com/NorenWSTP/"
+SUBSCRIBERS = ("guard", "notifier")
+STOP_ORDER = ("ingress", "risk", "guard", "broker", "watcher", "notifier", "store")
+
+
+class System:
+    """The whole service in this process. `start()`, `stop()`, and helpers to inject and wait."""
+
+    def __init__(self, config: Config, *, listen_port: int | None = None, log_to_stderr: bool = True):
+        self.config = config
+        self.listen_port = listen_port
+        self.log_to_stderr = log_to_stderr
+        self.registry = Registry()
+        self.db = None
+        self.paper = None
+        self.app: IngressApp | None = None
+        self.port: int | None = None
+        self._log_ids: list[int] = []
+        self.started = False
+        self.supervisor: Supervisor | None = None
+        self.factories: dict = {}
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.config.service.data_dir)
+
+    def _broker_urls(self) -> tuple[str, str]:
+        b = self.config.broker
+        if b.rest_url and b.ws_url:
+            return b.rest_url, b.ws_url
+        if b.mode == "paper":
+            from runtime.paper import PaperExchange
+
+            self.paper = PaperExchange(self.config.paper)
+            self.paper.start()
+            logger.info("embedded paper exchange on {}", self.paper.base_url)
+            return b.rest_url or self.paper.rest_url, b.ws_url or self.paper.ws_url
+        return b.rest_url or LIVE_REST_URL, b.ws_url or LIVE_WS_URL
+
+    def start(self) -> "System":
+        self._log_ids = setup_logging(self.data_dir, self.config.service.log_level, stderr=self.log_to_stderr)
+        self.db = open_database(self.data_dir / "orders.db", synchronous=self.config.service.db_synchronous)
+        rest_url, ws_url = self._broker_urls()
+        reg, cfg = self.registry, self.config
+        self.factories = {
+            "store": lambda: StoreActor.start(self.db, reg, subscribers=SUBSCRIBERS),
+            "notifier": lambda: NotifierActor.start(reg, cfg),
+            "broker": lambda: BrokerActor.start(reg, cfg, rest_url=rest_url, ws_url=ws_url),
+            "watcher": lambda: WatcherActor.start(reg, cfg),
+            "guard": lambda: GuardActor.start(reg),
+            "risk": lambda: RiskActor.start(reg, cfg),
+        }
+        self.supervisor = Supervisor(reg, self.factories)
+        reg.supervisor = self.supervisor
+        for name in ("store", "notifier", "broker", "watcher", "guard", "risk"):
+            reg.set(name, self.factories[name]())
+        self.recover()
+        self.app = IngressApp(reg, cfg)
+        port = cfg.service.port if self.listen_port is None else self.listen_port
+        reg.set("ingress", IngressActor.start(reg, cfg, app=self.app, port=port))
+        self.port = reg.ask("ingress", "port")
+        self.factories["ingress"] = lambda: IngressActor.start(reg, cfg, app=self.app, port=self.port)
+        reg.ask("ingress", "accept")
+        self.started = True
+        reg.tell("notifier", Notify(kind="service", text=f"shoonya-oms started ({cfg.broker.mode}, "
+                                                         f"client {cfg.service.client_id})"))
+        logger.info("service ready on http://{}:{}", cfg.service.host, self.port)
+        return self
+
+    def recover(self) -> None:
+        """Before the listener accepts alerts: reconcile with the broker, then settle CREATED orders.
+
+        Non-terminal orders are first matched against the broker's OrderBook (by remarks = command_id).
+        CREATED orders were never sent (the SENT_TO_BROKER commit precedes every send): those older than
+        max_signal_age_s become FAILED EXPIRED_ON_RESTART, younger ones continue through the blockers.
+        """
+        try:
+            self.registry.ask("watcher", "poll_now", timeout=30)
+            self.registry.ask("store", "sync", timeout=30)
+        except Exception as exc:  # noqa: BLE001 - a broker outage must not stop the service starting
+            logger.warning("start-up reconciliation incomplete ({!r}); polling continues", exc)
+        max_age = timedelta(seconds=self.config.service.max_signal_age_s)
+        cutoff = (datetime.now(timezone.utc) - max_age).isoformat(timespec="microseconds")
+        by_alert: dict[str, list[OrderSnapshot]] = {}
+        for row in Order.select().where(Order.status == T.CREATED).order_by(Order.id):
+            if row.created_at < cutoff:
+                self.registry.ask("store", TransitionOrder(
+                    command_id=row.command_id, to_status=T.FAILED, expect_from=(T.CREATED,),
+                    tag="EXPIRED_ON_RESTART", detail="older than max_signal_age_s at restart"))
+            else:
+                by_alert.setdefault(row.alert_id, []).append(OrderSnapshot.model_validate(row.__data__))
+        for orders in by_alert.values():
+            self.registry.tell("risk", OrdersRegistered(orders=tuple(orders)))
+        if by_alert:
+            logger.info("recovery: CREATED orders of {} alert(s) continue through the blockers", len(by_alert))
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until no order is CREATED and every sent order has a broker id (or outcome is being resolved)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            busy = Order.select().where(
+                (Order.status == T.CREATED)
+                | ((Order.status == T.SENT_TO_BROKER) & Order.broker_order_id.is_null())).count()
+            if busy == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def stop(self) -> None:
+        if not self.started and self.db is None:
+            return
+        if self.registry.get("ingress") is not None:
+            try:
+                self.registry.ask("ingress", "refuse", timeout=5)
+            except pykka.ActorDeadError:
+                pass
+            if not self.drain(self.config.service.shutdown_drain_s):
+                logger.warning("stopping with orders still in flight; restart recovery will settle them")
+        self.registry.tell("notifier", Notify(kind="service", text="shoonya-oms stopping"))
+        if self.supervisor is not None:
+            self.supervisor.stopping = True
+        for name in STOP_ORDER:
+            ref = self.registry.get(name)
+            if ref is not None:
+                try:
+                    ref.stop(timeout=15)
+                except (pykka.ActorDeadError, pykka.Timeout):
+                    logger.warning("actor {} did not stop cleanly", name)
+        if self.paper is not None:
+            self.paper.stop()
+            self.paper = None
+        close_database(self.db)
+        self.db = None
+        self.started = False
+        logger.info("service stopped")
+        remove_logging(self._log_ids)
+
+    def __enter__(self) -> "System":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ---- in-process injection (tests, tools) ----------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.config.service.host}:{self.port}"
+
+    def inject_alert(self, payload: dict | bytes | str, headers: dict[str, str] | None = None,
+                     remote_addr: str = "127.0.0.1") -> tuple[int, Any]:
+        """Run one webhook request through the ingress exactly as the listener would (no socket)."""
+        body = payload if isinstance(payload, bytes) else (
+            payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/webhook", "CONTENT_LENGTH": str(len(body)),
+                   "wsgi.input": io.BytesIO(body), "REMOTE_ADDR": remote_addr}
+        for key, value in (headers or {}).items():
+            environ["HTTP_" + key.upper().replace("-", "_")] = value
+        return self.app.route("POST", "/webhook", environ)
+
+    def inject(self, actor: str, message) -> None:
+        """Tell any actor any message (e.g. a BrokerOrderReport to the watcher)."""
+        self.registry.tell(actor, message)
+
+    def inject_broker_report(self, report: BrokerOrderReport) -> None:
+        self.registry.tell("watcher", report)
+
+    def order(self, command_id: str) -> dict | None:
+        return queries.get_order(command_id)
+
+    def orders(self, **filters) -> list[dict]:
+        return queries.list_orders(limit=10000, **filters)
+
+    def wait_until(self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(0.01)
+
+    def wait_for_status(self, command_id: str, statuses: str | Iterable[str], timeout: float = 10.0) -> dict:
+        wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+
+        def reached():
+            order = queries.get_order(command_id)
+            return order if order and order["status"] in wanted else None
+
+        try:
+            return self.wait_until(reached, timeout, f"{command_id} to reach {sorted(wanted)}")
+        except TimeoutError:
+            current = queries.get_order(command_id)
+            raise TimeoutError(f"{command_id} did not reach {sorted(wanted)} in {timeout}s; it is "
+                               f"{current and current['status']} {current and current['tag']}") from None
+
+    def notifications(self) -> dict:
+        return self.registry.ask("notifier", "stats", timeout=5)

@@ -1,0 +1,140 @@
+"""The order status table of shared/DESIGN.md and the pure rules for applying broker reports.
+
+No I/O here: StoreActor asks these functions what to do and then does it in one transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CREATED = "CREATED"
+SENT_TO_BROKER = "SENT_TO_BROKER"
+PARTIAL = "PARTIAL"
+EXECUTED = "EXECUTED"
+FAILED = "FAILED"
+
+STATUSES = (CREATED, SENT_TO_BROKER, PARTIAL, EXECUTED, FAILED)
+NON_TERMINAL = frozenset({CREATED, SENT_TO_BROKER, PARTIAL})
+# Orders that may still produce fills at the broker (duplicate blocker, in-flight set).
+OPEN_AT_BROKER = frozenset({SENT_TO_BROKER, PARTIAL})
+
+ALLOWED: dict[str, frozenset[str]] = {
+    CREATED: frozenset({SENT_TO_BROKER, FAILED}),
+    SENT_TO_BROKER: frozenset({PARTIAL, EXECUTED, FAILED}),
+    PARTIAL: frozenset({PARTIAL, EXECUTED, FAILED}),
+    # Only on broker-reported fills: broker truth wins over our own FAILED verdict.
+    FAILED: frozenset({PARTIAL, EXECUTED}),
+    EXECUTED: frozenset(),
+}
+
+
+def is_allowed(from_status: str, to_status: str) -> bool:
+    return to_status in ALLOWED.get(from_status, frozenset())
+
+
+# Broker status spellings seen across NorenOMS deployments, normalised.
+_BROKER_STATUS_ALIASES = {
+    "CANCELLED": "CANCELED",
+    "REJECT": "REJECTED",
+    "COMPLETED": "COMPLETE",
+    "TRIGGER PENDING": "TRIGGER_PENDING",
+}
+
+
+def normalise_broker_status(raw: str | None) -> str:
+    status = (raw or "").strip().upper().replace("-", "_")
+    return _BROKER_STATUS_ALIASES.get(status, status)
+
+
+_BROKER_FAILURE_TAGS = {"CANCELED": "BROKER_CANCELED", "EXPIRED": "BROKER_EXPIRED"}
+_BROKER_WORKING = frozenset({"OPEN", "PENDING", "TRIGGER_PENDING", "NEW", "AMO_RECEIVED", "MODIFIED", "REPLACED"})
+
+
+@dataclass(frozen=True)
+class OrderState:
+    status: str
+    filled_qty: int
+    avg_price: float | None
+    broker_order_id: str | None
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class BrokerView:
+    """What the broker says about one order (from a WS push or an OrderBook row)."""
+
+    status: str  # normalised
+    filled_qty: int
+    avg_price: float | None
+    broker_order_id: str | None
+    reason: str | None = None  # rejreason
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to write: a status transition (to_status set) and/or plain field updates."""
+
+    to_status: str | None
+    tag: str | None
+    filled_qty: int
+    avg_price: float | None
+    broker_order_id: str | None
+
+    def changes(self, current: OrderState) -> bool:
+        return (
+            self.to_status is not None
+            or self.filled_qty != current.filled_qty
+            or self.avg_price != current.avg_price
+            or self.broker_order_id != current.broker_order_id
+        )
+
+
+def _clean_reason(reason: str | None) -> str:
+    return " ".join((reason or "").split())
+
+
+def plan_broker_update(current: OrderState, view: BrokerView) -> Plan | None:
+    """Decide how a broker report changes an order. Idempotent and monotonic.
+
+    The same report twice, or reports out of order, never move an order backwards or reduce filled_qty.
+    Returns None when nothing changes.
+    """
+    filled = max(current.filled_qty, view.filled_qty)
+    grew = filled > current.filled_qty
+    avg = view.avg_price if (grew or current.avg_price is None) and view.avg_price else current.avg_price
+    broker_id = current.broker_order_id or view.broker_order_id
+    status = view.status
+
+    target: str | None = None
+    tag: str | None = None
+    if status == "COMPLETE":
+        target = EXECUTED
+    elif status == "REJECTED":
+        target, tag = FAILED, f"BROKER_REJECTED:{_clean_reason(view.reason) or 'UNKNOWN'}"
+    elif status in _BROKER_FAILURE_TAGS:
+        target, tag = FAILED, _BROKER_FAILURE_TAGS[status]
+        if view.reason and status == "CANCELED" and _clean_reason(view.reason):
+            tag = f"{tag}:{_clean_reason(view.reason)}"
+    elif status in _BROKER_WORKING or status == "":
+        target = PARTIAL if filled > 0 else None
+
+    if current.status == EXECUTED:
+        target = None  # terminal
+    elif current.status == FAILED:
+        # Broker truth wins only through fills; a FAILED order stays FAILED otherwise.
+        if target == EXECUTED or (grew and filled > 0):
+            target = EXECUTED if status == "COMPLETE" else PARTIAL
+        else:
+            target = None
+    elif target == PARTIAL and current.status == PARTIAL and not grew:
+        target = None
+    elif target == FAILED and current.status == CREATED:
+        pass  # allowed by the table
+    elif target is not None and not is_allowed(current.status, target):
+        target = None
+
+    if target != FAILED:
+        tag = None if target is not None else current.tag
+    plan = Plan(to_status=target, tag=tag if target else current.tag, filled_qty=filled, avg_price=avg,
+                broker_order_id=broker_id)
+    return plan if plan.changes(current) else None

@@ -1,0 +1,96 @@
+"""Shared fixtures: a real paper exchange on loopback and the whole service started in-process against it.
+
+`make_system(**overrides)` builds a Config from nested dicts (section -> keys), points the broker at the
+test's paper exchange and a fresh data_dir under tmp_path, starts a System, and stops it at teardown.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import requests
+
+from runtime.config import PaperConfig, config_from_dict
+from runtime.paper import PaperExchange
+from runtime.system import System
+
+SECRET = "test-secret"
+
+
+@pytest.fixture
+def paper_factory():
+    started: list[PaperExchange] = []
+
+    def make(**paper_overrides) -> PaperExchange:
+        cfg = PaperConfig(**{"port": 0, "fill_delay_ms": 10, **paper_overrides})
+        exchange = PaperExchange(cfg)
+        exchange.start()
+        started.append(exchange)
+        return exchange
+
+    yield make
+    for exchange in started:
+        exchange.stop()
+
+
+@pytest.fixture
+def paper(paper_factory) -> PaperExchange:
+    return paper_factory()
+
+
+def paper_faults(exchange: PaperExchange, **faults) -> None:
+    requests.post(f"{exchange.base_url}/paper/faults", json=faults, timeout=5).raise_for_status()
+
+
+def paper_orders(exchange: PaperExchange) -> list[dict]:
+    reply = requests.get(f"{exchange.base_url}/paper/orders", timeout=5)
+    reply.raise_for_status()
+    data = reply.json()
+    return data["orders"] if isinstance(data, dict) else data
+
+
+def set_ltp(exchange: PaperExchange, exch: str, tsym: str, lp: float) -> None:
+    requests.post(f"{exchange.base_url}/paper/ltp", json={"exch": exch, "tsym": tsym, "lp": lp},
+                  timeout=5).raise_for_status()
+
+
+@pytest.fixture
+def make_system(tmp_path, paper):
+    systems: list[System] = []
+    counter = itertools.count()
+
+    def make(exchange: PaperExchange | None = None, data_dir=None, **sections) -> System:
+        exchange = exchange or paper
+        raw = {
+            "service": {"data_dir": str(data_dir or tmp_path / f"data{next(counter)}"), "port": 0,
+                        "shutdown_drain_s": 2},
+            "webhook": {"secret_key": SECRET},
+            "broker": {"mode": "shoonya", "rest_url": exchange.rest_url, "ws_url": exchange.ws_url,
+                       "user_id": "TEST1", "poll_interval_s": 0.3, "request_timeout_s": 2},
+            "telegram": {},
+        }
+        for section, values in sections.items():
+            raw.setdefault(section, {}).update(values)
+        system = System(config_from_dict(raw, environ={}), listen_port=0, log_to_stderr=False)
+        systems.append(system)
+        return system.start()
+
+    yield make
+    for system in reversed(systems):
+        system.stop()
+
+
+def alert(strategy="S1", execution_type="ENTRY", legs=None, alert_id=None, secret=SECRET, exchange="NFO",
+          **leg_fields) -> dict:
+    """A webhook payload; one MARKET BUY leg of 65 NIFTY27MAR26C25700 unless told otherwise."""
+    if legs is None:
+        leg = {"tradingsymbol": "NIFTY27MAR26C25700", "direction": "BUY", "qty": 65, "order_type": "MARKET",
+               "product_type": "NRML"}
+        leg.update(leg_fields)
+        legs = [leg]
+    body = {"secret_key": secret, "strategy_name": strategy, "execution_type": execution_type,
+            "exchange": exchange, "legs": legs}
+    if alert_id is not None:
+        body["alert_id"] = alert_id
+    return body
