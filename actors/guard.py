@@ -45,6 +45,8 @@ class Decision:
 @dataclass
 class GuardBook:
     positions: dict[PositionKey, int] = field(default_factory=lambda: defaultdict(int))
+    # Which alerts built each open position: the other legs of the same alert are not blocked by it.
+    position_alerts: dict[PositionKey, set[str]] = field(default_factory=lambda: defaultdict(set))
     in_flight: dict[str, InFlight] = field(default_factory=dict)
 
     # ---- the ledger -----------------------------------------------------------------------------
@@ -54,8 +56,10 @@ class GuardBook:
             return
         key = (order.strategy_name, order.exchange, order.symbol, order.product)
         self.positions[key] += delta if order.side == "BUY" else -delta
+        self.position_alerts[key].add(order.alert_id)
         if self.positions[key] == 0:
             del self.positions[key]
+            self.position_alerts.pop(key, None)
 
     def on_change(self, change: OrderChanged) -> None:
         self.apply_fill(change.order, change.fill_delta)
@@ -76,7 +80,8 @@ class GuardBook:
 
     def evaluate(self, order: OrderSnapshot) -> Decision:
         if order.execution_type == "ENTRY":
-            if self.strategy_positions(order.strategy_name):
+            if any(self.position_alerts.get(key, set()) - {order.alert_id}
+                   for key in self.strategy_positions(order.strategy_name)):
                 return Decision(tag="GUARD_BLOCKED:STRATEGY_HAS_POSITION")
             want = 1 if order.side == "BUY" else -1
             for (strategy, exch, symbol, _prd), qty in self.positions.items():

@@ -39,7 +39,8 @@ from storage import queries
 EXCHANGES = frozenset({"NSE", "NFO", "BSE", "BFO", "MCX", "CDS"})
 REGISTER_TIMEOUT_S = 2.5  # the 202 must leave well inside TradingView's 3 s
 
-_SECRET_FIELD = re.compile(r'("secret_key"\s*:\s*)"(?:[^"\\]|\\.)*"', re.IGNORECASE)
+_SECRET_FIELD = re.compile(r'("secret_key"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\s]+)', re.IGNORECASE)
+MAX_QTY = 10_000_000  # far above any freeze quantity; keeps absurd numbers out of the database
 
 
 def new_command_id() -> str:
@@ -81,6 +82,8 @@ def leg_problems(leg: WebhookLeg, exchange: str | None) -> list[str]:
     problems = []
     if leg.qty <= 0:
         problems.append("QTY_NOT_POSITIVE")
+    elif leg.qty > MAX_QTY:
+        problems.append("QTY_TOO_LARGE")
     elif leg.qty != int(leg.qty):
         problems.append("QTY_NOT_INTEGER")
     if exchange not in EXCHANGES:
@@ -104,7 +107,8 @@ def build_orders(alert: WebhookAlert, alert_id: str, client_id: str, source: str
             command_id=make_id(), alert_id=alert_id, client_id=client_id, source=source,
             strategy_name=alert.strategy_name, execution_type=alert.execution_type,
             exchange=exchange or "", symbol=leg.tradingsymbol, side=leg.direction,
-            quantity=int(leg.qty) if leg.qty == int(leg.qty) else 0, product=leg.product_type,
+            quantity=int(leg.qty) if abs(leg.qty) <= MAX_QTY and leg.qty == int(leg.qty) else 0,
+            product=leg.product_type,
             order_type=leg.order_type, price=leg.price, trigger_price=leg.trigger_price,
             status="FAILED" if problems else "CREATED",
             tag=f"VALIDATION_FAILED:{','.join(problems)}" if problems else None,

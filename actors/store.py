@@ -106,13 +106,15 @@ class OrderStore:
     # ---- orders ---------------------------------------------------------------------------------
 
     def _apply(self, row: Order, to_status: str | None, tag: str | None, detail: str | None,
-               **fields) -> OrderChanged | None:
+               set_tag: bool = False, **fields) -> OrderChanged | None:
         """Compare-and-set update of one row plus its event; returns None if the row moved meanwhile."""
         now = utc_now()
         from_status = row.status
         updates = dict(fields, updated_at=now)
         if to_status is not None:
             updates.update(status=to_status, tag=tag)
+        elif set_tag:
+            updates.update(tag=tag)
         n = (
             Order.update(**updates)
             .where((Order.command_id == row.command_id) & (Order.status == from_status))
@@ -209,17 +211,22 @@ class OrderStore:
             plan = T.plan_broker_update(current, view)
             if plan is None:
                 return ReportResult(matched=True, command_id=row.command_id), []
-            if plan.to_status is not None and row.status == T.CREATED:
-                # A report for an order we have not marked sent: impossible unless another process sent it.
-                logger.error("broker report for CREATED order {}; recording SENT_TO_BROKER first", row.command_id)
-                first = self._apply(row, T.SENT_TO_BROKER, None, "adopted from broker report")
-                if first is None:
+            changes = []
+            if row.status == T.CREATED:
+                # The broker has an order we never marked sent (only possible if something else sent it):
+                # record SENT_TO_BROKER first so it can never be sent again.
+                logger.error("broker report for CREATED order {}; recording SENT_TO_BROKER", row.command_id)
+                adopted = self._apply(row, T.SENT_TO_BROKER, None, "adopted from broker report")
+                if adopted is None:
                     return ReportResult(matched=True, command_id=row.command_id), []
+                changes.append(adopted)
             detail = f"broker {view.status} via {report.origin}"
-            change = self._apply(row, plan.to_status, plan.tag, detail, filled_qty=plan.filled_qty,
-                                 avg_price=plan.avg_price, broker_order_id=plan.broker_order_id)
-        changes = [change] if change else []
-        return ReportResult(matched=True, command_id=row.command_id, changed=bool(change)), changes
+            fields = {"filled_qty": plan.filled_qty, "avg_price": plan.avg_price,
+                      "broker_order_id": plan.broker_order_id}
+            change = self._apply(row, plan.to_status, plan.tag, detail, set_tag=plan.to_status is None, **fields)
+            if change is not None:
+                changes.append(change)
+        return ReportResult(matched=True, command_id=row.command_id, changed=bool(changes)), changes
 
 
 class StoreActor(SupervisedActor):

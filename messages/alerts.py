@@ -50,7 +50,8 @@ _to_execution = _alias(EXECUTION_ALIASES, "execution_type")
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True)
+    # NaN and infinities are not prices or quantities (Python's json accepts them).
+    model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True, allow_inf_nan=False)
 
 
 class WebhookLeg(_Frozen):
@@ -58,7 +59,7 @@ class WebhookLeg(_Frozen):
     direction: Literal["BUY", "SELL"]
     qty: float
     order_type: Literal["MARKET", "LIMIT", "SL", "SL-M"] = "MARKET"
-    price: float = 0.0
+    price: float | None = 0.0
     trigger_price: float | None = None
     product_type: Literal["NRML", "MIS", "CNC"] = "NRML"
     exchange: str | None = None
@@ -77,6 +78,13 @@ class WebhookLeg(_Frozen):
     @classmethod
     def _product(cls, v: Any) -> str:
         return _to_product(v)
+
+    @field_validator("qty", "price", "trigger_price", mode="before")
+    @classmethod
+    def _no_booleans(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not true/false")
+        return v
 
     @field_validator("price", "trigger_price", mode="before")
     @classmethod

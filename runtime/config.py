@@ -20,7 +20,8 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML already has types, so `port = true` or `port = "80"` is a mistake to report, not coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ServiceConfig(_Section):
@@ -148,9 +149,10 @@ def _describe_error(source: str, err: dict) -> str:
         return f"{source}: unknown key '{key}'"
     expected = err.get("msg", "invalid value")
     given = err.get("input")
-    shown = "" if isinstance(given, dict) else f" (got {given!r})"
-    if any(word in key for word in ("secret", "password", "token", "auth_code")):
-        shown = ""  # never echo a secret back
+    loc = err.get("loc", ())
+    # Echo the value only for an ordinary key; never for a section, a secret or the paper users' passwords.
+    secret = any(word in key for word in ("secret", "password", "token", "auth_code", "users"))
+    shown = "" if (secret or len(loc) != 2 or isinstance(given, (dict, list))) else f" (got {given!r})"
     return f"{source}: key '{key}': {expected}{shown}"
 
 

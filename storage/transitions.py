@@ -72,7 +72,7 @@ class BrokerView:
 
 @dataclass(frozen=True)
 class Plan:
-    """What to write: a status transition (to_status set) and/or plain field updates."""
+    """What to write: a status transition (to_status set) and/or plain field updates (fills, broker id, tag)."""
 
     to_status: str | None
     tag: str | None
@@ -86,6 +86,7 @@ class Plan:
             or self.filled_qty != current.filled_qty
             or self.avg_price != current.avg_price
             or self.broker_order_id != current.broker_order_id
+            or self.tag != current.tag
         )
 
 
@@ -93,48 +94,54 @@ def _clean_reason(reason: str | None) -> str:
     return " ".join((reason or "").split())
 
 
+def broker_target(view: BrokerView, filled: int) -> tuple[str | None, str | None]:
+    """The status (and tag) the broker's word implies for an order with `filled` units filled."""
+    status = view.status
+    if status == "COMPLETE":
+        return EXECUTED, None
+    if status == "REJECTED":
+        return FAILED, f"BROKER_REJECTED:{_clean_reason(view.reason) or 'UNKNOWN'}"
+    if status in _BROKER_FAILURE_TAGS:
+        tag = _BROKER_FAILURE_TAGS[status]
+        if status == "CANCELED" and _clean_reason(view.reason):
+            tag = f"{tag}:{_clean_reason(view.reason)}"
+        return FAILED, tag
+    if status in _BROKER_WORKING or status == "":
+        return (PARTIAL if filled > 0 else None), None
+    return None, None  # a status we do not know: keep fills, change nothing else
+
+
 def plan_broker_update(current: OrderState, view: BrokerView) -> Plan | None:
     """Decide how a broker report changes an order. Idempotent and monotonic.
 
     The same report twice, or reports out of order, never move an order backwards or reduce filled_qty.
+    A CREATED order is judged as if it were SENT_TO_BROKER (the store records that step first).
     Returns None when nothing changes.
     """
     filled = max(current.filled_qty, view.filled_qty)
     grew = filled > current.filled_qty
     avg = view.avg_price if (grew or current.avg_price is None) and view.avg_price else current.avg_price
     broker_id = current.broker_order_id or view.broker_order_id
-    status = view.status
+    target, tag = broker_target(view, filled)
+    effective = SENT_TO_BROKER if current.status == CREATED else current.status
 
-    target: str | None = None
-    tag: str | None = None
-    if status == "COMPLETE":
-        target = EXECUTED
-    elif status == "REJECTED":
-        target, tag = FAILED, f"BROKER_REJECTED:{_clean_reason(view.reason) or 'UNKNOWN'}"
-    elif status in _BROKER_FAILURE_TAGS:
-        target, tag = FAILED, _BROKER_FAILURE_TAGS[status]
-        if view.reason and status == "CANCELED" and _clean_reason(view.reason):
-            tag = f"{tag}:{_clean_reason(view.reason)}"
-    elif status in _BROKER_WORKING or status == "":
-        target = PARTIAL if filled > 0 else None
-
-    if current.status == EXECUTED:
-        target = None  # terminal
-    elif current.status == FAILED:
-        # Broker truth wins only through fills; a FAILED order stays FAILED otherwise.
-        if target == EXECUTED or (grew and filled > 0):
-            target = EXECUTED if status == "COMPLETE" else PARTIAL
+    if effective == EXECUTED:
+        target, tag = None, current.tag
+    elif effective == FAILED:
+        # FAILED moves on only through broker-reported fills; a dead order with new fills stays FAILED,
+        # but takes the fills and the broker's reason (broker truth wins).
+        if target == EXECUTED or (target == PARTIAL and grew):
+            tag = None
+        elif target == FAILED:
+            target = None  # FAILED -> FAILED is no transition; the broker's reason replaces ours
         else:
-            target = None
-    elif target == PARTIAL and current.status == PARTIAL and not grew:
-        target = None
-    elif target == FAILED and current.status == CREATED:
-        pass  # allowed by the table
-    elif target is not None and not is_allowed(current.status, target):
-        target = None
+            target, tag = None, current.tag
+    elif target == PARTIAL and effective == PARTIAL and not grew:
+        target, tag = None, current.tag
+    elif target is not None and not is_allowed(effective, target):
+        target, tag = None, current.tag
+    elif target is None:
+        tag = current.tag
 
-    if target != FAILED:
-        tag = None if target is not None else current.tag
-    plan = Plan(to_status=target, tag=tag if target else current.tag, filled_qty=filled, avg_price=avg,
-                broker_order_id=broker_id)
+    plan = Plan(to_status=target, tag=tag, filled_qty=filled, avg_price=avg, broker_order_id=broker_id)
     return plan if plan.changes(current) else None

@@ -137,19 +137,17 @@ def test_secret_from_environment_never_appears_in_errors():
     assert "env-s3cret-99" not in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runtime/config.py _describe_error: a paper user's password with a wrong type "
-    "([paper] users = {PAPER1 = 1234}) is echoed: \"key 'paper.users.PAPER1': ... (got 1234)\"; "
-    "the redaction only looks for secret/password/token/auth_code in the key path"))
 def test_paper_user_password_never_appears_in_errors():
     assert "918273" not in error_of({"paper": {"users": {"PAPER1": 918273}}})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runtime/config.py _describe_error: a section given as a plain value (telegram = \"<token>\") "
-    "echoes the value: \"key 'telegram': Input should be a valid dictionary ... (got '<token>')\""))
 def test_secret_given_as_a_section_value_never_appears_in_errors():
     assert "123456:AAbbCCdd" not in error_of({"telegram": "123456:AAbbCCdd"})
+
+
+def test_boolean_for_an_integer_key_is_a_wrong_type():
+    message = error_of({"service": {"port": True}})
+    assert "service.port" in message and "integer" in message
 
 
 # ---- OMS_* overrides --------------------------------------------------------------------------------

@@ -47,8 +47,17 @@ def test_entry_with_no_positions_passes_unchanged():
 def test_entry_when_strategy_holds_a_position_is_blocked():
     book = GuardBook()
     hold(book, strategy="S1", symbol="BANKNIFTY")
-    assert book.evaluate(snap(strategy="S1", symbol="NIFTY")).tag == "GUARD_BLOCKED:STRATEGY_HAS_POSITION"
-    assert book.evaluate(snap(strategy="S1", symbol="BANKNIFTY")).tag == "GUARD_BLOCKED:STRATEGY_HAS_POSITION"
+    later = "a-later"
+    assert book.evaluate(snap(strategy="S1", symbol="NIFTY", alert=later)).tag == "GUARD_BLOCKED:STRATEGY_HAS_POSITION"
+    assert book.evaluate(snap(strategy="S1", symbol="BANKNIFTY", alert=later)).tag == \
+        "GUARD_BLOCKED:STRATEGY_HAS_POSITION"
+
+
+def test_legs_of_the_alert_that_opened_the_position_are_not_blocked_by_it():
+    """Recovery re-checks the unsent legs of a multi-leg alert whose first leg already filled."""
+    book = GuardBook()
+    hold(book, strategy="S1", symbol="BANKNIFTY")  # built by alert a1 (snap's default)
+    assert book.evaluate(snap(strategy="S1", symbol="NIFTY", alert="a1")).tag is None
 
 
 def test_entry_of_another_strategy_is_not_blocked_by_that_position():

@@ -305,10 +305,6 @@ def test_validation_tag_lists_upper_snake_reasons():
     assert reasons and reasons == reasons.upper() and " " not in reasons
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: messages/alerts.py WebhookLeg: a MARKET leg with \"price\": null or \"\" is a 400 "
-    "('legs.0.price: Input should be a valid number'); the _empty_is_none/_price_default validators mean "
-    "to read it as 0, but the field type `float` rejects None before _price_default runs"))
 @pytest.mark.parametrize("price", [None, ""])
 def test_market_leg_with_empty_price_is_accepted_as_zero(price):
     out = parse_webhook(body(alert(legs=[leg(price=price)])), None, SECRET)
@@ -350,20 +346,15 @@ def test_redact_with_no_secret_configured_leaves_other_text():
     assert redact('{"a": "b"}', "") == '{"a": "b"}'
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: actors/ingress.py redact: a non-string secret_key value (e.g. {\"secret_key\": 987654}) is not "
-    "redacted; _SECRET_FIELD only matches a quoted string value"))
 def test_redact_removes_a_numeric_secret_key_value():
     assert "987654" not in redact('{"secret_key": 987654, "x": 1}', SECRET)
 
 
 # ---- numbers JSON allows but the contract cannot mean ----------------------------------------------------
 
-def _leg_outcome(qty="65", price="0", order_type="MARKET") -> str:
-    """400, VALIDATION_FAILED, CREATED, or the exception a raw JSON leg leads to (python's json accepts NaN)."""
-    raw = ('{"secret_key": "%s", "strategy_name": "S1", "execution_type": "ENTRY", "exchange": "NFO", '
-           '"legs": [{"tradingsymbol": "NIFTY27MAR26C25700", "direction": "BUY", "qty": %s, '
-           '"order_type": "%s", "price": %s}]}' % (SECRET, qty, order_type, price)).encode()
+def _leg_outcome(qty=65, price=0, order_type="MARKET") -> str:
+    """400, VALIDATION_FAILED, CREATED, or the exception a JSON leg leads to (python's json reads NaN)."""
+    raw = json.dumps(alert(legs=[leg(qty=qty, price=price, order_type=order_type)])).encode()
     out = parse_webhook(raw, None, SECRET)
     if out.alert is None:
         return str(out.status)
@@ -375,28 +366,19 @@ def _leg_outcome(qty="65", price="0", order_type="MARKET") -> str:
 
 
 def test_numeric_string_qty_is_a_number():
-    assert _leg_outcome(qty='"65"') == "CREATED"
+    assert _leg_outcome(qty="65") == "CREATED"
+    assert _leg_outcome() == "CREATED"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: messages/alerts.py WebhookLeg.qty is `float` in lax mode: JSON `\"qty\": true` is read as qty 1 and "
-    "the leg is CREATED instead of a 400 for a non-numeric qty"))
 def test_boolean_qty_is_not_a_number():
-    assert _leg_outcome(qty="true") in ("400", "VALIDATION_FAILED")
+    assert _leg_outcome(qty=True) in ("400", "VALIDATION_FAILED")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: actors/ingress.py leg_problems/build_orders: qty NaN or Infinity (accepted by json.loads and by "
-    "WebhookLeg.qty) raises ValueError/OverflowError from int(leg.qty) -> listener 500 instead of 400 or "
-    "VALIDATION_FAILED"))
-@pytest.mark.parametrize("qty", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("qty", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_qty_is_rejected_not_a_crash(qty):
     assert _leg_outcome(qty=qty) in ("400", "VALIDATION_FAILED")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: actors/ingress.py leg_problems: a LIMIT leg with price NaN or Infinity passes every check "
-    "(NaN < 0 and NaN <= 0 are False) and is registered CREATED"))
-@pytest.mark.parametrize("price", ["NaN", "Infinity"])
+@pytest.mark.parametrize("price", [float("nan"), float("inf")])
 def test_non_finite_price_is_rejected(price):
     assert _leg_outcome(price=price, order_type="LIMIT") in ("400", "VALIDATION_FAILED")

@@ -6,6 +6,7 @@ faults are reset after each test. Waits poll a condition against a deadline; the
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import socket
 import threading
@@ -403,6 +404,45 @@ def test_connection_refused_is_not_sent():
         client.place_order(mkt("NIFTY27MAR26C25200", "cmd-refused-1"))
 
 
+def test_keep_alive_reuses_one_connection(exchange):
+    client = login(exchange)
+    for _ in range(5):
+        client.order_book()
+    pools = client._http.get_adapter(client._url("OrderBook")).poolmanager.pools
+    assert sum(pools[key].num_connections for key in pools.keys()) == 1
+
+
+def test_tracebacks_with_variable_values_show_no_secrets():
+    """loguru's diagnose=True renders local variables of every frame: our frames must hold only redacted values."""
+    lines: list[str] = []
+    sink = logger.add(lines.append, level="DEBUG", format="{message}", backtrace=True, diagnose=True)
+    password, seed, api_secret, token = PASSWORD, TOTP_SEED, API_SECRET, "token-never-logged"
+    client = NorenRestClient(f"http://127.0.0.1:{free_closed_port()}/NorenWClientTP/", connect_timeout_s=1.0)
+    try:
+        for call in (
+            lambda: client.login_quickauth("X", password, seed, "VC", api_secret, "imei"),
+            lambda: client.login_quickauth("X", password, "not base32!", "VC", api_secret, "imei"),
+            lambda: client.login_oauth("auth-code-never-logged", "client", api_secret, uid="X"),
+            lambda: (client.set_session("X", "X", token), client.place_order(mkt("A", "cmd-x")))[1],
+        ):
+            try:
+                call()
+            except (BrokerError, ValueError):
+                logger.opt(exception=True).error("call failed")
+    finally:
+        logger.remove(sink)
+    rendered = "".join(lines)
+    assert "Traceback" in rendered and "<redacted>" in rendered
+    # The test's own frames show the secrets it passes in; every frame of the client must not.
+    ours = [frame for frame in rendered.split('File "')[1:] if frame.split('"', 1)[0].endswith(
+        ("runtime/noren/rest.py", "runtime/noren/errors.py"))]
+    assert len(ours) >= 6
+    hashed = hashlib.sha256(PASSWORD.encode()).hexdigest()
+    for frame in ours:
+        for secret in (PASSWORD, hashed, TOTP_SEED, API_SECRET, "token-never-logged", "auth-code-never-logged"):
+            assert secret not in frame, frame
+
+
 def test_secrets_never_logged(exchange):
     lines: list[str] = []
     sink = logger.add(lines.append, level="TRACE", format="{message}")
@@ -521,6 +561,25 @@ def test_ws_bad_credentials_report_auth_failed(exchange):
     try:
         inbox.wait(lambda: "auth_failed" in inbox.states, what="auth_failed")
         assert not ws.connected.is_set() and ws.running  # still retrying with fresh credentials
+    finally:
+        ws.stop()
+
+
+def test_ws_expired_session_auth_fails_until_login_again(exchange):
+    uid = new_uid()
+    client = login(exchange, uid)
+    inbox = Inbox()
+    ws = open_ws(exchange, client, inbox)
+    try:
+        control(exchange, "/paper/faults", {"expire_sessions": True})
+        inbox.wait(lambda: "auth_failed" in inbox.states, what="auth_failed with the expired token")
+        client.login_quickauth(uid, PASSWORD, TOTP_SEED, "VC_PAPER", API_SECRET, "test-imei")
+        ws.retry_now()
+        inbox.wait(lambda: ws.connects == 2 and ws.connected.is_set(), what="the reconnect with the new token")
+        tsym = "NIFTY27MAR26P25200"
+        set_ltp(exchange, "NFO", tsym, 45.0)
+        client.place_order(mkt(tsym, "cmd-ws-relogin"))
+        inbox.wait(lambda: inbox.fill_for("cmd-ws-relogin"), what="the om fill after re-login")
     finally:
         ws.stop()
 

@@ -45,7 +45,7 @@ def apply(current: OrderState, plan) -> OrderState:
         return current
     return OrderState(status=plan.to_status or current.status, filled_qty=plan.filled_qty,
                       avg_price=plan.avg_price, broker_order_id=plan.broker_order_id,
-                      tag=plan.tag if plan.to_status else current.tag)
+                      tag=plan.tag)
 
 
 RANK = {CREATED: 0, SENT_TO_BROKER: 1, PARTIAL: 2, FAILED: 2, EXECUTED: 3}
@@ -196,17 +196,11 @@ REPORTS = [
 
 STARTS = [state(SENT_TO_BROKER), state(PARTIAL, 20, 99.0), state(EXECUTED, 65, 100.0),
           state(FAILED, 0, tag="LOST_IN_FLIGHT")]
-LOST_THEN_CANCELED_BUG = pytest.mark.xfail(strict=True, reason=(
-    "BUG: plan_broker_update: FAILED order + CANCELED report carrying fills goes to PARTIAL first and only "
-    "to FAILED on the second identical report (not idempotent; leaves a broker-dead order PARTIAL)"))
 
 
 def _pairs():
     for start, report in itertools.product(STARTS, REPORTS):
-        marks = ()
-        if start.status == FAILED and report.status == "CANCELED" and report.filled_qty > 0:
-            marks = (LOST_THEN_CANCELED_BUG,)
-        yield pytest.param(start, report, marks=marks, id=f"{start.status}-{report.status}-{report.filled_qty}")
+        yield pytest.param(start, report, id=f"{start.status}-{report.status}-{report.filled_qty}")
 
 
 @pytest.mark.parametrize("start,report", list(_pairs()))
@@ -245,11 +239,9 @@ def test_broker_id_once_known_is_not_replaced():
     assert plan.broker_order_id == "B1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: plan_broker_update(FAILED/LOST_IN_FLIGHT, CANCELED filled=20) returns to_status=PARTIAL: an order "
-    "the broker reports dead is left in a non-terminal status with its fills"))
-def test_lost_in_flight_then_canceled_with_fills_keeps_fills_and_ends_failed():
+@pytest.mark.parametrize("status", ["CANCELED", "EXPIRED", "REJECTED"])
+def test_lost_in_flight_then_dead_at_broker_with_fills_keeps_fills_and_ends_failed(status):
     current = state(FAILED, 0, None, bid=None, tag="LOST_IN_FLIGHT")
-    after = apply(current, plan_broker_update(current, view("CANCELED", 20, 99.0, bid="B7")))
+    after = apply(current, plan_broker_update(current, view(status, 20, 99.0, bid="B7")))
     assert after.filled_qty == 20
     assert after.status == FAILED

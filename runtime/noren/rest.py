@@ -122,8 +122,10 @@ def _totp_now(totp_secret: str) -> Secret:
 
     try:
         return Secret(pyotp.TOTP(seed).now())
-    except Exception:  # binascii.Error / ValueError for a seed that is not base32
-        raise ValueError("totp_secret is not a valid base32 TOTP seed") from None
+    except Exception as exc:  # binascii.Error / ValueError: not base32, or shorter than pyotp's 112-bit minimum
+        # pyotp's and binascii's messages describe the problem, never the seed itself.
+        reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
+        raise ValueError(f"totp_secret is not a usable base32 TOTP seed ({reason})") from None
 
 
 def _num(value: float | int) -> str:

@@ -82,6 +82,7 @@ class NorenWebSocket:
 
         self.connected = threading.Event()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # cuts a reconnect backoff short (stop / retry_now)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards _ws, _authed, _subs
         self._ws: websocket.WebSocket | None = None
@@ -100,12 +101,14 @@ class NorenWebSocket:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
+        self._wake.clear()
         self._thread = threading.Thread(target=self._run, name="noren-ws", daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Close the connection and join the thread. Idempotent; safe to call from a callback."""
         self._stop.set()
+        self._wake.set()
         with self._lock:
             ws = self._ws
         if ws is not None:
@@ -115,6 +118,10 @@ class NorenWebSocket:
             thread.join(timeout_s)
             if thread.is_alive():
                 logger.warning("noren ws thread did not stop within {:.1f} s", timeout_s)
+
+    def retry_now(self) -> None:
+        """Skip the current reconnect backoff (e.g. right after a re-login made fresh credentials available)."""
+        self._wake.set()
 
     @property
     def running(self) -> bool:
@@ -162,7 +169,8 @@ class NorenWebSocket:
             delay = random.uniform(delay / 2, delay)
             attempt = min(attempt + 1, 30)
             logger.debug("noren ws reconnecting in {:.2f} s", delay)
-            self._stop.wait(delay)
+            self._wake.wait(delay)
+            self._wake.clear()
         logger.debug("noren ws thread stopped")
 
     def _connection_once(self) -> bool:

@@ -87,13 +87,14 @@ def exch_tm(now: float) -> str:
     return datetime.fromtimestamp(now, IST).strftime("%d-%m-%Y %H:%M:%S")
 
 
-def _text(value) -> str:
+def as_text(value) -> str:
+    """A wire field as stripped text (None -> \"\")."""
     return "" if value is None else str(value).strip()
 
 
 def _number(value) -> float | None:
     """A price field: None for absent / "None" / "" / unparsable."""
-    text = _text(value)
+    text = as_text(value)
     if text in ("", "None", "null"):
         return None
     try:
@@ -104,7 +105,7 @@ def _number(value) -> float | None:
 
 
 def _quantity(value) -> int | None:
-    text = _text(value)
+    text = as_text(value)
     if not text.isdigit():
         return None
     return int(text)
@@ -465,11 +466,11 @@ class Engine:
 
     def place(self, uid: str, data: dict, now: float) -> tuple[Order, list[dict]]:
         """PlaceOrder: always creates an order (REJECTED with a reason when the input is invalid)."""
-        exch = _text(data.get("exch")).upper()
-        tsym = _text(data.get("tsym"))
+        exch = as_text(data.get("exch")).upper()
+        tsym = as_text(data.get("tsym"))
         inst = self.instrument(exch, tsym) if exch in EXCHANGES and tsym else None
         qty = _quantity(data.get("qty"))
-        prctyp = _text(data.get("prctyp")).upper()
+        prctyp = as_text(data.get("prctyp")).upper()
         remarks = data.get("remarks")
         self._order_seq += 1
         day = datetime.fromtimestamp(now, IST).strftime("%y%m%d")
@@ -484,12 +485,12 @@ class Engine:
             qty=qty or 0,
             prc=0.0 if prctyp in ("MKT", "SL-MKT") else (_number(data.get("prc")) or 0.0),
             trgprc=_number(data.get("trgprc")) if prctyp in ("SL-LMT", "SL-MKT") else None,
-            prd=_text(data.get("prd")).upper(),
-            trantype=_text(data.get("trantype")).upper(),
+            prd=as_text(data.get("prd")).upper(),
+            trantype=as_text(data.get("trantype")).upper(),
             prctyp=prctyp,
-            ret=_text(data.get("ret")).upper() or "DAY",
+            ret=as_text(data.get("ret")).upper() or "DAY",
             remarks="" if remarks is None else str(remarks),
-            dscqty=_text(data.get("dscqty")) or "0",
+            dscqty=as_text(data.get("dscqty")) or "0",
             ordenttm=now,
             updated=now,
         )
@@ -529,7 +530,7 @@ class Engine:
         if order.ret not in RETENTIONS:
             return f"Invalid Retention : {order.ret}"
         if qty is None:
-            return f"Invalid Quantity : {_text(data.get('qty')) or 'missing'}"
+            return f"Invalid Quantity : {as_text(data.get('qty')) or 'missing'}"
         if qty <= 0:
             return "Quantity should be greater than zero"
         if order.prctyp in ("LMT", "SL-LMT") and order.prc <= 0:
@@ -557,9 +558,9 @@ class Engine:
 
     def modify(self, uid: str, data: dict, now: float) -> list[dict]:
         """ModifyOrder: qty is the TOTAL order quantity. Raises OrderError for a refused modification."""
-        order = self._live_order(uid, _text(data.get("norenordno")), NOT_FOUND)
+        order = self._live_order(uid, as_text(data.get("norenordno")), NOT_FOUND)
         qty = _quantity(data.get("qty")) if "qty" in data else order.qty
-        prctyp = _text(data.get("prctyp")).upper() or order.prctyp
+        prctyp = as_text(data.get("prctyp")).upper() or order.prctyp
         prc = _number(data.get("prc")) if "prc" in data else order.prc
         trgprc = _number(data.get("trgprc")) if "trgprc" in data else order.trgprc
         if qty is None or qty <= order.fillshares:
@@ -589,7 +590,7 @@ class Engine:
 
     def cancel(self, uid: str, norenordno: str, now: float) -> list[dict]:
         """CancelOrder. Raises OrderError when the order is unknown or no longer open."""
-        order = self._live_order(uid, _text(norenordno), NOT_FOUND_CANCEL)
+        order = self._live_order(uid, as_text(norenordno), NOT_FOUND_CANCEL)
         reports = [self._report(order, "PendingCancel", now)]
         self._finish_cancel(order, now, reports)
         return reports
@@ -707,7 +708,7 @@ class Engine:
 
     def order_history(self, uid: str, norenordno: str) -> list[dict] | None:
         """SingleOrdHist: every state, newest first; None for an unknown order."""
-        order = self.account(uid).orders.get(_text(norenordno))
+        order = self.account(uid).orders.get(as_text(norenordno))
         return None if order is None else [dict(state) for state in reversed(order.history)]
 
     def trade_book(self, uid: str) -> list[dict]:

@@ -21,7 +21,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from loguru import logger
 
 from runtime.config import PaperConfig
-from runtime.paper.engine import Engine, OrderError, norentm, om_message
+from runtime.paper.engine import Engine, OrderError, as_text, norentm, om_message
 
 NO_DATA = 'Error Occurred : 5 "no data"'
 SESSION_EXPIRED = "Session Expired :  Invalid Session Key"
@@ -267,7 +267,7 @@ class PaperServer:
         session = None
         if route not in self._public:
             session = self.sessions.get(key or "")
-            claimed = _text(data.get("uid"))
+            claimed = as_text(data.get("uid"))
             if session is None or (claimed and claimed != session.uid):
                 return self._error(SESSION_EXPIRED, now), False
         try:
@@ -303,11 +303,11 @@ class PaperServer:
         return session
 
     def _quick_auth(self, _session, data: dict, now: float) -> dict:
-        uid = _text(data.get("uid"))
+        uid = as_text(data.get("uid"))
         if not uid:
             return self._error("Invalid Input : uid is Missing.", now)
         password = self.config.users.get(uid)
-        if password is not None and _text(data.get("pwd")) != hashlib.sha256(password.encode()).hexdigest():
+        if password is not None and as_text(data.get("pwd")) != hashlib.sha256(password.encode()).hexdigest():
             return self._error("Invalid Input : Wrong Password", now)
         session = self._new_session(uid)
         self.engine.account(uid)
@@ -326,8 +326,8 @@ class PaperServer:
 
     def _gen_acs_tok(self, _session, data: dict, now: float) -> dict:
         """OAuth: the paper auth code is `<uid>` or `<uid>:<anything>` (or jData carries `uid`)."""
-        code = _text(data.get("code"))
-        uid = _text(data.get("uid")) or code.split(":", 1)[0] or "PAPER1"
+        code = as_text(data.get("code"))
+        uid = as_text(data.get("uid")) or code.split(":", 1)[0] or "PAPER1"
         access = self._new_session(uid)
         user = self._new_session(uid)
         self.engine.account(uid)
@@ -366,11 +366,11 @@ class PaperServer:
 
     def _modify_order(self, session: Session, data: dict, now: float) -> dict:
         self._publish(self.engine.modify(session.uid, data, now))
-        return {"stat": "Ok", "request_time": norentm(now), "result": _text(data.get("norenordno"))}
+        return {"stat": "Ok", "request_time": norentm(now), "result": as_text(data.get("norenordno"))}
 
     def _cancel_order(self, session: Session, data: dict, now: float) -> dict:
         self._publish(self.engine.cancel(session.uid, data.get("norenordno"), now))
-        return {"stat": "Ok", "request_time": norentm(now), "result": _text(data.get("norenordno"))}
+        return {"stat": "Ok", "request_time": norentm(now), "result": as_text(data.get("norenordno"))}
 
     def _book(self, rows: list[dict], now: float):
         return rows if rows else self._error(NO_DATA, now)
@@ -394,13 +394,13 @@ class PaperServer:
         return {**self.engine.limits(session.uid), "request_time": norentm(now)}
 
     def _get_quotes(self, _session, data: dict, now: float) -> dict:
-        inst = self.engine.find_token(_text(data.get("exch")), _text(data.get("token")))
+        inst = self.engine.find_token(as_text(data.get("exch")), as_text(data.get("token")))
         if inst is None:
             return self._error(NO_DATA, now)
         return {"stat": "Ok", "request_time": norentm(now), **inst.quote()}
 
     def _search_scrip(self, _session, data: dict, now: float) -> dict:
-        found = self.engine.search(_text(data.get("exch")), _text(data.get("stext")))
+        found = self.engine.search(as_text(data.get("exch")), as_text(data.get("stext")))
         if not found:
             return self._error(NO_DATA, now)
         return {"stat": "Ok", "request_time": norentm(now), "values": [inst.scrip() for inst in found]}
@@ -433,15 +433,15 @@ class PaperServer:
             return
         kind = message.get("t")
         if kind == "c":
-            session = self.sessions.get(_text(message.get("susertoken")))
-            uid = _text(message.get("uid"))
+            session = self.sessions.get(as_text(message.get("susertoken")))
+            uid = as_text(message.get("uid"))
             if session is None or (uid and uid != session.uid):
                 client.send({"t": "ck", "s": "Not_Ok", "uid": uid, "emsg": "Invalid Session Key"})
                 return
             client.uid, client.token = session.uid, session.token
             client.send({"t": "ck", "s": "OK", "uid": session.uid})
         elif kind == "a":
-            session = self.sessions.get(_text(message.get("accesstoken")))
+            session = self.sessions.get(as_text(message.get("accesstoken")))
             if session is None:
                 client.send({"t": "ak", "s": "Not_Ok", "emsg": "Invalid Access Token"})
                 return
@@ -452,9 +452,9 @@ class PaperServer:
         elif kind == "o":
             client.send({"t": "ok"})
         elif kind in ("t", "d"):
-            self._subscribe(client, _text(message.get("k")), kind)
+            self._subscribe(client, as_text(message.get("k")), kind)
         elif kind in ("u", "ud"):
-            for key in self._keys(_text(message.get("k"))):
+            for key in self._keys(as_text(message.get("k"))):
                 client.subs.pop(key, None)
                 client.feed.pop(key, None)
         # "h" (text heartbeat) and anything else: accepted silently
@@ -560,7 +560,3 @@ class PaperServer:
         self._publish(self.engine.set_ltp(exch, tsym, lp, time.time(), walk=bool(body.get("walk", False))))
         inst = self.engine.instrument(exch, tsym)
         return {"ok": True, "exch": exch, "tsym": tsym, "token": inst.token, "lp": f"{inst.lp:.2f}"}
-
-
-def _text(value) -> str:
-    return "" if value is None else str(value).strip()
