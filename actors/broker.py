@@ -102,6 +102,8 @@ class BrokerActor(SupervisedActor):
             return False
         self.logged_in = True
         logger.info("broker session opened for {}", b.user_id)
+        if self.ws is not None:
+            self.ws.retry_now()  # re-authenticate the socket with the new token now, not after its backoff
         return True
 
     def on_start(self):

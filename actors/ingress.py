@@ -295,7 +295,9 @@ class IngressActor(SupervisedActor):
         self.server = create_server(
             self.app, host=self.config.service.host, port=self.port,
             threads=self.config.service.listener_threads,
-            max_request_body_size=self.config.service.max_body_bytes * 4,
+            # Well above our own limit so oversized alerts reach the app and are audited as too_large;
+            # only absurd bodies are refused by the server itself.
+            max_request_body_size=max(16 * 1024 * 1024, self.config.service.max_body_bytes * 16),
             connection_limit=1000, channel_timeout=30, clear_untrusted_proxy_headers=True,
             ident="shoonya-oms",
         )

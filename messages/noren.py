@@ -12,7 +12,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 
 # ---------------------------------------------------------------------------------------------------
 # Tolerant scalar parsing
@@ -113,7 +120,7 @@ TERMINAL_STATUSES = frozenset({"COMPLETE", "REJECTED", "CANCELED", "EXPIRED"})
 class NorenModel(BaseModel):
     """Base of every reply/push: frozen, tolerant, unknown fields kept."""
 
-    model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="allow")
 
 
 class NorenReply(NorenModel):
@@ -346,7 +353,7 @@ class QuoteReply(NorenReply):
     c: Float = None
     o: Float = None
     h: Float = None
-    l: Float = None  # noqa: E741 - the wire name
+    l: Float = None  # the wire name
     ap: Float = None
     v: Int = None
     oi: Int = None
@@ -415,7 +422,7 @@ class WsTouchline(NorenModel):
     v: Int = None
     o: Float = None
     h: Float = None
-    l: Float = None  # noqa: E741 - the wire name
+    l: Float = None  # the wire name
     c: Float = None
     ap: Float = None
     oi: Int = None

@@ -409,7 +409,7 @@ def test_keep_alive_reuses_one_connection(exchange):
     for _ in range(5):
         client.order_book()
     pools = client._http.get_adapter(client._url("OrderBook")).poolmanager.pools
-    assert sum(pools[key].num_connections for key in pools.keys()) == 1
+    assert sum(pools[key].num_connections for key in pools.keys()) == 1  # noqa: SIM118 - not iterable
 
 
 def test_tracebacks_with_variable_values_show_no_secrets():

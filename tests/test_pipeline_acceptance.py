@@ -23,7 +23,7 @@ import requests
 from messages.commands import BrokerOrderReport
 from runtime.noren.rest import NorenRestClient
 from storage.models import Alert, Order
-from tests.conftest import SECRET, alert, paper_orders, set_ltp
+from tests.conftest import SECRET, alert, paper_faults, paper_orders, set_ltp
 
 SYM = "NIFTY27MAR26C25700"
 PUT = "NIFTY27MAR26P25700"
@@ -162,7 +162,9 @@ TOKEN = "123456:T0K-never-in-a-log"
 
 def test_entry_market_leg_executes_and_notifies_telegram(make_system, paper, telegram):
     system = make_system(telegram={"token": TOKEN, "chat_id": "42", "api_url": telegram.url})
-    orders = accepted(system, alert(alert_id="tv-1"))
+    status, body = system.inject_alert(alert(alert_id="tv-1"))
+    assert status == 202 and body["alert_id"] == "tv-1", body
+    orders = body["orders"]
     assert orders[0]["status"] == "CREATED" and orders[0]["tradingsymbol"] == SYM
     cid = orders[0]["command_id"]
     registered = system.order(cid)  # the 202 leaves only once the leg is durably registered
@@ -338,6 +340,7 @@ def test_exit_without_position_is_guard_blocked(make_system, paper):
     order = system.wait_for_status(cid, TERMINAL)
     assert (order["status"], order["tag"]) == ("FAILED", "GUARD_BLOCKED:NO_POSITION")
     assert paper_orders(paper) == []
+    wait_note(system, cid, "blocked")
 
 
 def test_exit_with_smaller_qty_exits_only_that_qty(make_system, paper):
@@ -438,6 +441,7 @@ def test_same_alert_id_twice_replays_the_first_answer(make_system, paper):
     assert len(paper_orders(paper)) == 1
     outcomes = [(r.alert_id, r.outcome, r.http_status) for r in wait_alert_rows(system, 3)]
     assert outcomes == [("tv-dup", "accepted", 202), ("tv-dup", "duplicate", 200), ("tv-dup", "duplicate", 200)]
+    assert all(SECRET not in (r.body or "") + (r.response or "") for r in Alert.select())
 
 
 def test_rejected_requests_write_no_order_and_are_audited_without_the_secret(make_system, paper):
@@ -517,13 +521,61 @@ def test_a_zero_qty_leg_fails_validation_and_the_others_proceed(make_system, pap
     legs = [
         {"tradingsymbol": SYM, "direction": "BUY", "qty": 65, "order_type": "MARKET", "product_type": "NRML"},
         {"tradingsymbol": PUT, "direction": "BUY", "qty": 0, "order_type": "MARKET", "product_type": "NRML"},
+        {"tradingsymbol": "NIFTY27MAR26C25800", "direction": "BUY", "qty": 65, "order_type": "LIMIT",
+         "product_type": "NRML"},
     ]
-    good, bad = accepted(system, alert(legs=legs, alert_id="zero"))
+    good, bad, no_price = accepted(system, alert(legs=legs, alert_id="zero"))
     assert bad["status"] == "FAILED" and bad["tag"].startswith("VALIDATION_FAILED:")
+    assert no_price["status"] == "FAILED" and no_price["tag"].startswith("VALIDATION_FAILED:")
     assert system.wait_for_status(good["command_id"], TERMINAL)["status"] == "EXECUTED"
     assert system.order(bad["command_id"])["status"] == "FAILED"
     assert [o["tsym"] for o in paper_orders(paper)] == [SYM]
     wait_note(system, bad["command_id"], "blocked")
+
+
+def test_one_malformed_leg_rejects_the_whole_alert(make_system, paper):
+    system = make_system()
+    legs = [
+        {"tradingsymbol": SYM, "direction": "BUY", "qty": 65, "order_type": "MARKET", "product_type": "NRML"},
+        {"tradingsymbol": PUT, "direction": "SIDEWAYS", "qty": 65, "order_type": "MARKET", "product_type": "NRML"},
+    ]
+    status, body = system.inject_alert(alert(legs=legs, alert_id="shape"))
+    assert status == 400
+    assert any("legs.1" in e and "direction" in e for e in body["errors"]), body
+    too_many = alert(legs=[dict(legs[0]) for _ in range(21)], alert_id="too-many")
+    status, body = system.inject_alert(too_many)
+    assert status == 400 and "legs" in " ".join(body["errors"])
+    rows = wait_alert_rows(system, 2)
+    assert [(r.outcome, r.http_status) for r in rows] == [("invalid", 400), ("invalid", 400)]
+    assert rows[1].alert_id == "too-many" and "legs" in (rows[1].error or "")
+    assert all(SECRET not in (r.body or "") for r in rows)
+    assert Order.select().count() == 0
+    assert paper_orders(paper) == []
+
+
+def test_concurrent_replays_of_one_alert_id_register_once(make_system, paper):
+    system = make_system()
+    payload = alert(alert_id="same-id", order_type="LIMIT", price=FAR_BELOW)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        replies = list(pool.map(lambda _: requests.post(system.url + "/webhook", json=payload, timeout=10),
+                                range(10)))
+    codes = sorted(r.status_code for r in replies)
+    assert codes == [200] * 9 + [202], codes
+    bodies = {json.dumps(r.json(), sort_keys=True) for r in replies}
+    assert len(bodies) == 1, "replays must carry the first answer"
+    cid = replies[0].json()["orders"][0]["command_id"]
+    wait_broker_id(system, cid)
+    assert [r["command_id"] for r in system.orders()] == [cid]
+    assert [o["remarks"] for o in paper_orders(paper)] == [cid]
+
+
+def test_a_duplicate_alert_id_with_other_content_still_replays(make_system, paper):
+    system = make_system()
+    first_status, first = system.inject_alert(alert(alert_id="tv-9"))
+    second_status, second = system.inject_alert(alert(alert_id="tv-9", qty=130, tradingsymbol=PUT))
+    assert (first_status, second_status) == (202, 200) and second == first
+    system.wait_for_status(first["orders"][0]["command_id"], TERMINAL)
+    assert len(system.orders()) == 1 and len(paper_orders(paper)) == 1
 
 
 def test_keys_are_case_insensitive_and_aliases_accepted(make_system, paper):
@@ -623,9 +675,23 @@ def test_partial_fills_show_partial_before_executed(make_system, paper_factory):
     assert partial_at and partial_at[0] < len(seen) - 1, seen
     fills = [q for _, q in seen]
     assert fills == sorted(fills), f"filled_qty went backwards: {seen}"
+    wait_note(system, cid, "partial")
     events = statuses(system.order(cid))
     assert events[:3] == ["CREATED", "SENT_TO_BROKER", "PARTIAL"], events
     assert events[-1] == "EXECUTED" and set(events[2:-1]) == {"PARTIAL"}, events
+
+
+def test_unknown_place_outcome_is_resolved_by_remarks_and_never_resent(make_system, paper):
+    """The exchange takes the order but never answers PlaceOrder: the order stays SENT_TO_BROKER, is not sent
+    again, and the watcher finds it by remarks = command_id in the OrderBook."""
+    paper_faults(paper, hang_place_orders=1)
+    system = make_system()
+    cid = one_leg(system, alert(alert_id="hung"))
+    order = system.wait_for_status(cid, TERMINAL, timeout=10)
+    sent = at_paper(paper, cid)
+    assert len(sent) == 1 and len(paper_orders(paper)) == 1
+    assert order["status"] == "EXECUTED" and order["broker_order_id"] == sent[0]["norenordno"], order
+    assert order["filled_qty"] == 65
 
 
 # ---- 10. Telegram down ------------------------------------------------------------------------------------

@@ -203,12 +203,15 @@ def classify_request_exception(exc: BaseException, route: str | None = None) -> 
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
         return unknown("truncated reply")
     # Anything that says the connection broke after it was made: the request may have been written.
-    if any(isinstance(c, (u3.ProtocolError, ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
-           for c in causes) or any(type(c).__name__ in ("RemoteDisconnected", "IncompleteRead") for c in causes):
-        if not any(isinstance(c, u3.NewConnectionError) for c in causes):
-            return unknown("connection broken")
+    broken = any(
+        isinstance(c, (u3.ProtocolError, ConnectionResetError, BrokenPipeError, ConnectionAbortedError))
+        or type(c).__name__ in ("RemoteDisconnected", "IncompleteRead")
+        for c in causes
+    )
+    if broken and not any(isinstance(c, u3.NewConnectionError) for c in causes):
+        return unknown("connection broken")
     if any(isinstance(c, (u3.NewConnectionError, socket.gaierror, ConnectionRefusedError)) for c in causes):
-        if any(isinstance(c, u3.NameResolutionError) or isinstance(c, socket.gaierror) for c in causes):
+        if any(isinstance(c, (u3.NameResolutionError, socket.gaierror)) for c in causes):
             return not_sent("DNS failure")
         return not_sent("connection failed")
     if any(isinstance(c, u3.ConnectTimeoutError) for c in causes):

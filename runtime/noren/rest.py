@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import quote_plus
 
 import requests
@@ -122,13 +122,13 @@ def _totp_now(totp_secret: str) -> Secret:
 
     try:
         return Secret(pyotp.TOTP(seed).now())
-    except Exception as exc:  # binascii.Error / ValueError: not base32, or shorter than pyotp's 112-bit minimum
+    except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError; also pyotp's 112-bit minimum
         # pyotp's and binascii's messages describe the problem, never the seed itself.
         reason = str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__
         raise ValueError(f"totp_secret is not a usable base32 TOTP seed ({reason})") from None
 
 
-def _num(value: float | int) -> str:
+def _num(value: float) -> str:
     """A price/quantity as the broker wants it: a plain decimal string without float noise."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
@@ -193,7 +193,7 @@ class NorenRestClient:
         with self._lock:
             self._http.close()
 
-    def __enter__(self) -> NorenRestClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

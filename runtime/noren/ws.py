@@ -17,7 +17,8 @@ import json
 import random
 import threading
 import time
-from typing import Any, Callable, Literal, Protocol
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 import websocket
 from loguru import logger
@@ -347,8 +348,8 @@ class NorenWebSocket:
         try:
             ws.abort()
             ws.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001 - closing a dead socket may fail in many ways
+            logger.debug("noren ws close: {}", type(exc).__name__)
 
     def _callback(self, name: str, func: Callable[[Any], None], arg: Any) -> None:
         try:

@@ -97,7 +97,9 @@ class PaperExchange:
             if thread is None or loop is None:
                 return
             loop.call_soon_threadsafe(loop.stop)
-            thread.join()
+            thread.join(timeout=10)  # bounded: a stuck shutdown must not hang the caller (daemon thread)
+            if thread.is_alive():
+                logger.warning("paper exchange thread did not stop within 10 s")
             self._thread = self._loop = self._server = None
 
     def serve_forever(self) -> None:
