@@ -479,10 +479,6 @@ def test_rejected_requests_write_no_order_and_are_audited_without_the_secret(mak
     assert paper_orders(paper) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a body over 4x service.max_body_bytes is refused with 413 by "
-                   "waitress itself (actors/ingress.py IngressActor.on_start sets max_request_body_size = "
-                   "max_body_bytes * 4), so IngressApp.webhook never runs and the request is not recorded "
-                   "in `alerts`")
 def test_a_much_larger_body_is_still_audited(make_system):
     system = make_system(service={"max_body_bytes": 4096})
     padded = alert(alert_id="huge")
@@ -610,6 +606,25 @@ def test_broker_cancel_spellings_end_failed_broker_canceled(make_system, paper, 
     assert order["filled_qty"] == 0
     assert statuses(order) == ["CREATED", "SENT_TO_BROKER", "FAILED"]
     wait_note(system, cid, "rejected")
+
+
+def test_fills_after_a_cancel_report_win_broker_truth(make_system, paper):
+    """A (wrong) cancel report makes the order FAILED; the exchange then fills it: FAILED -> EXECUTED."""
+    system = make_system()
+    cid = one_leg(system, limit_far_below(alert_id="lied-to"))
+    bid = wait_broker_id(system, cid)["broker_order_id"]
+    system.inject("watcher", BrokerOrderReport(remarks=cid, broker_order_id=bid, status="CANCELLED", filled_qty=0,
+                                               origin="inject"))
+    system.wait_for_status(cid, "FAILED")
+    set_ltp(paper, "NFO", SYM, 0.9)  # the order is still live at the exchange: it fills now
+    order = system.wait_for_status(cid, "EXECUTED")
+    assert order["filled_qty"] == 65
+    assert [(e["from_status"], e["to_status"]) for e in order["events"]][-2:] == [
+        ("SENT_TO_BROKER", "FAILED"), ("FAILED", "EXECUTED")]
+    positions = requests.get(f"{system.url}/positions", timeout=5).json()
+    assert [(p["symbol"], p["net_qty"]) for p in positions] == [(SYM, 65)]
+    again = one_leg(system, alert(alert_id="after-truth"))
+    assert system.wait_for_status(again, TERMINAL)["tag"] == "GUARD_BLOCKED:STRATEGY_HAS_POSITION"
 
 
 def test_cancel_at_the_exchange_ends_failed_broker_canceled(make_system, paper):
