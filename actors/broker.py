@@ -18,6 +18,7 @@ from actors.base import SupervisedActor
 
 from messages.commands import (
     BrokerOrderReport,
+    CancelOrder,
     SendOrder,
     SetBrokerOrderId,
     TransitionOrder,
@@ -25,8 +26,9 @@ from messages.commands import (
 )
 from messages.noren import PlaceOrderRequest
 from messages.orders import OrderSnapshot
-from runtime.noren.errors import BrokerRejected, NotSent, SessionExpired, UnknownOutcome
+from runtime.noren.errors import BrokerError, BrokerRejected, NotSent, SessionExpired, UnknownOutcome
 from runtime.noren.rest import NorenRestClient
+from storage.models import Order
 
 SIDES = {"BUY": "B", "SELL": "S"}
 PRODUCTS = {"NRML": "M", "MIS": "I", "CNC": "C"}
@@ -137,6 +139,8 @@ class BrokerActor(SupervisedActor):
         if isinstance(message, SendOrder):
             self.send(message.order)
             return None
+        if isinstance(message, CancelOrder):
+            return self.cancel(message)
         if message == "reader":
             return self.client.fork()
         if message == "relogin":
@@ -144,6 +148,29 @@ class BrokerActor(SupervisedActor):
         if message == "logged_in":
             return self.logged_in
         return None
+
+    def cancel(self, message: CancelOrder) -> bool:
+        """Ask the broker to cancel one of our orders; the outcome comes back as a broker report."""
+        row = Order.get_or_none(Order.command_id == message.command_id)
+        if row is None or row.status not in ("SENT_TO_BROKER", "PARTIAL"):
+            return False
+        if not row.broker_order_id:
+            logger.warning("cannot cancel {} yet: its PlaceOrder outcome is unknown ({})", row.command_id,
+                           message.reason)
+            return False
+        for _ in range(2):
+            if not self.logged_in and not self.login():
+                break
+            try:
+                self.client.cancel_order(row.broker_order_id)
+                logger.info("cancel requested for {} ({}): {}", row.command_id, row.broker_order_id, message.reason)
+                return True
+            except SessionExpired:
+                self.logged_in = False
+            except BrokerError as exc:  # e.g. already complete: the broker's report settles it
+                logger.warning("cancel of {} refused or failed: {}", row.command_id, exc)
+                return False
+        return False
 
     def _fail(self, order: OrderSnapshot, tag: str, detail: str | None = None) -> None:
         self.registry.tell("store", TransitionOrder(command_id=order.command_id, to_status="FAILED",

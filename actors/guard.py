@@ -14,7 +14,7 @@ from loguru import logger
 
 from actors.base import SupervisedActor
 
-from messages.commands import AmendExitLeg, Notify, PositionsSnapshot, RiskCleared, SendOrder, TransitionOrder, TransitionResult
+from messages.commands import AmendExitLeg, CancelOrder, Notify, PositionsSnapshot, RiskCleared, SendOrder, TransitionOrder, TransitionResult
 from messages.orders import OrderChanged, OrderSnapshot
 from storage import transitions as T
 from storage.models import Order
@@ -30,6 +30,7 @@ class InFlight:
     exchange: str
     symbol: str
     side: str
+    execution_type: str = "ENTRY"
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Decision:
     side: str | None = None
     quantity: int | None = None
     product: str | None = None
+    cancel: tuple[str, ...] = ()  # our resting entry orders this EXIT supersedes
 
 
 @dataclass
@@ -71,12 +73,14 @@ class GuardBook:
 
     # ---- the checks -----------------------------------------------------------------------------
 
+    def _same_book(self, order: OrderSnapshot) -> dict[str, InFlight]:
+        """In-flight orders of the same strategy and instrument from other alerts."""
+        return {cid: f for cid, f in self.in_flight.items()
+                if f.strategy == order.strategy_name and f.symbol == order.symbol
+                and f.exchange == order.exchange and f.alert_id != order.alert_id}
+
     def _open_order_exists(self, order: OrderSnapshot) -> bool:
-        return any(
-            f.strategy == order.strategy_name and f.symbol == order.symbol and f.exchange == order.exchange
-            and f.alert_id != order.alert_id
-            for f in self.in_flight.values()
-        )
+        return bool(self._same_book(order))
 
     def evaluate(self, order: OrderSnapshot) -> Decision:
         if order.execution_type == "ENTRY":
@@ -92,21 +96,25 @@ class GuardBook:
                 return Decision(tag="DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS")
             return Decision(side=order.side, quantity=order.quantity, product=order.product)
 
+        # An EXIT supersedes the strategy's resting entries on this instrument: cancel them, so nothing
+        # fills after the trader asked to be out. Another EXIT in flight is still a duplicate.
+        same = self._same_book(order)
+        entries = tuple(sorted(cid for cid, f in same.items() if f.execution_type == "ENTRY"))
+        if any(f.execution_type == "EXIT" for f in same.values()):
+            return Decision(tag="DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS")
         held = {k: v for k, v in self.strategy_positions(order.strategy_name).items()
                 if k[1] == order.exchange and k[2] == order.symbol}
         if not held:
-            return Decision(tag="GUARD_BLOCKED:NO_POSITION")
-        if self._open_order_exists(order):
-            return Decision(tag="DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS")
+            return Decision(tag="GUARD_BLOCKED:NO_POSITION", cancel=entries)
         same_product = [k for k in held if k[3] == order.product]
         key = same_product[0] if same_product else max(held, key=lambda k: abs(held[k]))
         net = held[key]
         quantity = abs(net) if order.quantity <= 0 else min(abs(net), order.quantity)
-        return Decision(side="SELL" if net > 0 else "BUY", quantity=quantity, product=key[3])
+        return Decision(side="SELL" if net > 0 else "BUY", quantity=quantity, product=key[3], cancel=entries)
 
     def admit(self, order: OrderSnapshot) -> None:
         self.in_flight[order.command_id] = InFlight(order.alert_id, order.strategy_name, order.exchange,
-                                                    order.symbol, order.side)
+                                                    order.symbol, order.side, order.execution_type)
 
     # ---- checking against the broker ------------------------------------------------------------
 
@@ -198,6 +206,10 @@ class GuardActor(SupervisedActor):
 
     def _check(self, order: OrderSnapshot) -> None:
         decision = self.book.evaluate(order)
+        for command_id in decision.cancel:
+            logger.info("EXIT {} cancels resting entry {}", order.command_id, command_id)
+            self.registry.tell("broker", CancelOrder(command_id=command_id, reason=f"superseded by EXIT "
+                                                                                   f"{order.command_id}"))
         if decision.tag:
             self._block(order, decision.tag)
             return

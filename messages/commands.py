@@ -126,6 +126,13 @@ class SendOrder(_Frozen):
     order: OrderSnapshot
 
 
+class CancelOrder(_Frozen):
+    """-> Broker: cancel one of our orders at the broker (an EXIT superseding a resting entry, a risk breach)."""
+
+    command_id: str
+    reason: str
+
+
 class Notify(_Frozen):
     kind: str  # alert | blocked | placed | filled | rejected | service | risk | external | supervisor
     text: str

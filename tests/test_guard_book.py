@@ -235,3 +235,26 @@ def test_registration_change_without_fills_leaves_ledger_empty():
     order = snap()
     book.on_change(OrderChanged(order=order, from_status=None, to_status="CREATED"))
     assert book.positions == {}
+
+
+def test_exit_cancels_the_strategys_resting_entries_and_exits_what_is_held():
+    book = GuardBook()
+    resting = snap(strategy="S1", alert="a-entry", command_id="entry1")
+    book.admit(resting)
+    decision = book.evaluate(snap(strategy="S1", execution="EXIT", alert="a-exit"))
+    assert decision.tag == "GUARD_BLOCKED:NO_POSITION" and decision.cancel == ("entry1",)
+    book.apply_fill(resting, 30)  # partly filled meanwhile
+    decision = book.evaluate(snap(strategy="S1", execution="EXIT", alert="a-exit2"))
+    assert decision.tag is None and (decision.side, decision.quantity) == ("SELL", 30)
+    assert decision.cancel == ("entry1",)
+
+
+def test_exit_does_not_cancel_other_strategies_or_symbols_and_an_exit_in_flight_is_a_duplicate():
+    book = GuardBook()
+    book.admit(snap(strategy="S2", alert="x", command_id="other-strategy"))
+    book.admit(snap(strategy="S1", symbol="OTHER", alert="y", command_id="other-symbol"))
+    assert book.evaluate(snap(strategy="S1", execution="EXIT", alert="z")).cancel == ()
+    hold(book, strategy="S1")
+    book.admit(snap(strategy="S1", execution="EXIT", side="SELL", alert="first-exit", command_id="exit1"))
+    assert book.evaluate(snap(strategy="S1", execution="EXIT", alert="second-exit")).tag == \
+        "DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS"
