@@ -76,14 +76,14 @@ def broker_reason(emsg: str) -> str:
 class BrokerActor(SupervisedActor):
     registry_name = "broker"
 
-    def __init__(self, registry, config, *, rest_url: str, ws_url: str):
+    def __init__(self, registry, config, *, client: NorenRestClient, ws_url: str):
         super().__init__(registry)
         self.config = config
-        self.rest_url = rest_url
         self.ws_url = ws_url
         b = config.broker
-        self.client = NorenRestClient(rest_url, auth=b.auth, connect_timeout_s=b.connect_timeout_s,
-                                      request_timeout_s=b.request_timeout_s)
+        # The client (and its session credentials) outlives a restart of this actor, so the readers forked
+        # from it by the watcher and risk see every re-login.
+        self.client = client
         self.limiter = RateLimiter(b.orders_per_second, b.orders_per_minute)
         self.ws = None
         self.logged_in = False
@@ -109,7 +109,9 @@ class BrokerActor(SupervisedActor):
         return True
 
     def on_start(self):
-        self.login()
+        self.logged_in = self.client.logged_in  # a restarted actor keeps the session it had
+        if not self.logged_in:
+            self.login()
         if self.config.broker.use_websocket:
             self._start_websocket()
 
@@ -164,6 +166,7 @@ class BrokerActor(SupervisedActor):
             try:
                 self.client.cancel_order(row.broker_order_id)
                 logger.info("cancel requested for {} ({}): {}", row.command_id, row.broker_order_id, message.reason)
+                self.registry.tell("watcher", "lookup")  # pick the cancellation up without waiting for a poll
                 return True
             except SessionExpired:
                 self.logged_in = False

@@ -25,13 +25,11 @@ from pydantic import ValidationError
 from messages.alerts import WebhookAlert, WebhookLeg
 from messages.commands import (
     GetState,
-    Halt,
     Notify,
     OrdersRegistered,
     RecordAlert,
     RegisterAlert,
     RegisterResult,
-    Resume,
 )
 from messages.orders import NewOrder
 from storage import queries
@@ -204,9 +202,17 @@ class IngressApp:
                              "accepting": self.accepting.is_set()}
             if path == "/risk":
                 return 200, self.registry.ask("risk", GetState(), timeout=5)
-        if method == "POST" and path in ("/risk/halt", "/risk/resume"):
-            msg = Halt(reason="MANUAL") if path.endswith("halt") else Resume()
-            return 200, self.registry.ask("risk", msg, timeout=5)
+        if method == "POST" and path in ("/risk/halt", "/risk/resume", "/risk/reduce", "/risk/flatten"):
+            # The risk commands' parsing and authentication live with RiskActor.
+            from actors.risk import risk_request
+
+            request = risk_request(path, environ, self.config.webhook.secret_key)
+            if isinstance(request, tuple):
+                return request
+            reply = self.registry.ask("risk", request, timeout=15)
+            if path == "/risk/resume" and isinstance(reply, dict) and reply.get("state") != "ACTIVE":
+                return 409, reply  # resumed the operator's mode, but a breach or cooldown still blocks entries
+            return 200, reply
         return 404, {"error": f"no route {method} {path}"}
 
     # ---- POST /webhook --------------------------------------------------------------------------

@@ -1,53 +1,510 @@
-"""RiskActor: step 2A (ENTRY orders only; an EXIT always passes risk).
+"""RiskActor: step 2A (ENTRY orders only; an EXIT always passes risk), the trading state and the flatten.
 
-At this stage: a persisted kill switch and the daily max-loss check on PositionBook MTM. `RiskBook` is the
-pure core; the actor persists its state, writes blocked legs through StoreActor and passes the rest on.
+The rules, the state and the flatten planner are pure and live in actors/risk_rules.py; this actor feeds
+them (PositionBook snapshots from the watcher, instrument facts from the broker, our orders from the
+database), persists the state in `risk_state` (the only table it writes), tells StoreActor to fail blocked
+legs and passes the rest to the guard.
+
+Flattening (breach, `POST /risk/flatten`, square-off time): every round cancels our open orders in scope at
+the broker and registers EXIT legs (source "risk") through StoreActor exactly as the ingress registers an
+alert, then sends them through the normal pipeline (risk -> guard -> broker). Rounds repeat on each
+PositionBook snapshot until two consecutive reads leave nothing to cancel, exit or wait for.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from loguru import logger
 
 from actors.base import SupervisedActor
-
+from actors.ingress import EXCHANGES, new_command_id, secret_ok, signature_ok
+from actors.risk_rules import (
+    ACTIVE,
+    HALTED,
+    IST,
+    KILL_SWITCH,
+    OPEN_STATUSES,
+    REDUCING,
+    FlattenJob,
+    Limits,
+    OrderFacts,
+    RiskCore,
+    lot_size_fallback,
+    plan_flatten,
+    positions_pnl,
+    product_name,
+    reference_price,
+    trading_day,
+)
 from messages.commands import (
+    CancelOrder,
     GetState,
     Halt,
     Notify,
     OrdersRegistered,
     PositionsSnapshot,
+    RegisterAlert,
+    RegisterResult,
     Resume,
     RiskCleared,
     TransitionOrder,
 )
-from messages.orders import OrderSnapshot
-from storage.models import RiskState, utc_now
+from messages.orders import NewOrder, OrderSnapshot
+from messages.risk import CancelIntent, ExitIntent, Flatten, Reduce, RiskEvent
+from runtime.noren.errors import SessionExpired
+from storage import queries
+from storage.models import Order, RiskState, utc_now
 
-ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
+__all__ = ["ACTIVE", "HALTED", "REDUCING", "RiskActor", "RiskBook", "positions_pnl", "risk_request"]
+
+QUOTE_TTL_S = 10.0  # a last price older than this is fetched again for a MARKET notional check
+CANCEL_RETRY_S = 10.0  # a cancel is re-sent if the order is still open this long after
+SETTLE_READS = 2  # consecutive idle PositionBook reads before a flatten is declared done
+MAX_FLATTEN_ROUNDS = 10  # rounds that sent exits before giving up (and saying so loudly)
+ADMITTED_TTL_S = 600.0
+PNL_SAVE_EVERY_S = 30.0  # an ordinary PnL change is saved at most this often (breach, warning, floor at once)
 
 
-def positions_pnl(rows) -> float:
-    """Day PnL = rpnl + urmtom over non-CNC positions (CNC is delivery, not the day's trading)."""
-    total = 0.0
-    for row in rows:
-        if str(row.get("prd", "")).upper() in ("C", "CNC"):
-            continue
-        total += float(row.get("rpnl") or 0) + float(row.get("urmtom") or 0)
-    return total
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+MAX_REQUEST_BYTES = 4096
+
+
+def risk_request(path: str, environ, secret: str) -> Halt | Resume | Reduce | Flatten | tuple[int, dict]:
+    """`POST /risk/halt|resume|reduce|flatten` (body `{"secret_key", "strategy"?, "exchange"?}`): the message
+    for RiskActor, or the (status, body) refusal. These act on the account, and the listener usually faces
+    the internet for TradingView, so unlike the read API they need the webhook secret (in the body, or an
+    X-Signature HMAC of the body)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > MAX_REQUEST_BYTES:
+        return 413, {"error": f"body over the {MAX_REQUEST_BYTES} byte limit"}
+    body = environ["wsgi.input"].read(length) if length else b""
+    try:
+        data = json.loads(body.decode("utf-8")) if body.strip() else {}
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return 400, {"error": "malformed JSON"}
+    if not isinstance(data, dict):
+        return 400, {"error": "the body must be a JSON object"}
+    data = {str(k).lower(): v for k, v in data.items()}
+    if not (signature_ok(body, environ.get("HTTP_X_SIGNATURE"), secret) or secret_ok(data.get("secret_key"), secret)):
+        return 401, {"error": "unauthorized: bad or missing secret_key / X-Signature"}
+    if path.endswith("/halt"):
+        return Halt(reason="MANUAL")
+    if path.endswith("/resume"):
+        return Resume()
+    if path.endswith("/reduce"):
+        return Reduce()
+    strategy, exchange = data.get("strategy"), data.get("exchange")
+    if strategy is not None and (not isinstance(strategy, str) or not strategy.strip()):
+        return 400, {"error": "strategy must be a non-empty string"}
+    if exchange is not None and (not isinstance(exchange, str) or exchange.strip().upper() not in EXCHANGES):
+        return 400, {"error": f"exchange must be one of {sorted(EXCHANGES)}"}
+    return Flatten(strategy=strategy.strip() if strategy else None,
+                   exchange=exchange.strip().upper() if exchange else None, reason="MANUAL")
+
+
+class RiskActor(SupervisedActor):
+    registry_name = "risk"
+
+    def __init__(self, registry, config, *, clock=None):
+        super().__init__(registry)
+        self.config = config
+        self.client_id = config.service.client_id
+        self.clock = clock or _utc_now
+        self.limits = Limits.from_config(config)
+        self.core = RiskCore(self.limits)
+        self.reader = None
+        self.rows: tuple[dict, ...] = ()  # the last successful, non-empty PositionBook
+        self.rows_at: datetime | None = None
+        self.last_ok_at: datetime | None = None
+        self.started_at: datetime | None = None
+        self.stale_notified = False
+        self.instruments: dict[tuple[str, str], dict] = {}  # (exch, tsym) -> token, ls, lp, lp_at
+        self.instruments_day = None
+        self.admitted: dict[str, float] = {}  # entries passed while still CREATED: command_id -> epoch
+        self.cancel_sent: dict[str, float] = {}
+        self.soft_saved_at = float("-inf")
+
+    # ---- lifecycle and persistence --------------------------------------------------------------
+
+    def on_start(self):
+        rows = {r.key: r.value for r in RiskState.select().where(RiskState.client_id == self.client_id)}
+        self.core = RiskCore.load(self.limits, rows)
+        now = self.clock()
+        self.started_at = now
+        self._rebuild_rates(now)
+        self._after(self.core.roll(now), now)
+        self._persist()
+        state, reason = self.core.effective(now)
+        logger.info("risk state {}{} (mode {}), limits {}", state, f" ({reason})" if reason else "",
+                    self.core.mode.state, self.limits.as_dict())
+
+    def on_stop(self):
+        self._persist(everything=True)
+
+    def _persist(self, everything: bool = False) -> None:
+        soft = everything or time.monotonic() - self.soft_saved_at >= PNL_SAVE_EVERY_S
+        if soft and self.core.soft:
+            self.soft_saved_at = time.monotonic()
+        stamp = utc_now()
+        for key, value in self.core.take_dirty(soft=soft).items():
+            (RiskState.insert(client_id=self.client_id, key=key, value=value, updated_at=stamp)
+             .on_conflict(conflict_target=[RiskState.client_id, RiskState.key],
+                          update={RiskState.value: value, RiskState.updated_at: stamp})
+             .execute())
+
+    def _rebuild_rates(self, now: datetime) -> None:
+        """Entries admitted in the last minute before a restart still count against the rate limits."""
+        cutoff = _iso(now - timedelta(seconds=60))
+        query = (Order.select(Order.created_at, Order.tag)
+                 .where((Order.execution_type == "ENTRY") & (Order.created_at >= cutoff)
+                        & (Order.status != "CREATED")))
+        for row in query:
+            if row.tag and row.tag.startswith(("RISK_BLOCKED", "VALIDATION_FAILED")):
+                continue
+            self.core.rates.record(datetime.fromisoformat(row.created_at).timestamp())
+
+    def _notify(self, text: str) -> None:
+        self.registry.tell("notifier", Notify(kind="risk", text=text))
+
+    def _after(self, events: list[RiskEvent], now: datetime) -> None:
+        """Log and notify the core's events; a breach starts the flatten."""
+        for event in events:
+            loud = event.kind in ("BREACH", "WARNING", "COOLDOWN")
+            logger.bind(event="risk", kind=event.kind).log("WARNING" if loud else "INFO", "risk: {}", event.text)
+            self._notify(event.text)
+            if event.kind == "BREACH":
+                self._start_flatten(FlattenJob(reason="DAILY_LOSS_HIT"), now)
+        self._persist()
+
+    # ---- messages -------------------------------------------------------------------------------
+
+    def handle(self, message):
+        now = self.clock()
+        if isinstance(message, OrdersRegistered):
+            self._check(message.orders, now)
+            return None
+        if isinstance(message, PositionsSnapshot):
+            self._on_positions(message, now)
+            return None
+        if isinstance(message, Halt):
+            reason = KILL_SWITCH if message.reason == "MANUAL" else message.reason
+            self._after([e for e in [self.core.halt(now, reason)] if e], now)
+            return self.view(now)
+        if isinstance(message, Reduce):
+            self._after([e for e in [self.core.reduce(now)] if e], now)
+            return self.view(now)
+        if isinstance(message, Resume):
+            self._after([e for e in [self.core.resume(now)] if e], now)
+            view = self.view(now)
+            if view["state"] != ACTIVE:
+                self._notify(f"Resume: mode ACTIVE, but entries stay blocked: {view['reason']}")
+            return view
+        if isinstance(message, Flatten):
+            return self._flatten_request(message, now)
+        if isinstance(message, GetState):
+            return self.view(now)
+        if message == "flatten_round":  # a round on a fresh PositionBook, without waiting for the next poll
+            rows = self._read_positions()
+            self._run_jobs(rows if rows is not None else self.rows, now, counts_as_read=False)
+            self._persist()
+        return None
+
+    def view(self, now: datetime) -> dict:
+        view = self.core.view(now)
+        view["open_positions"] = len(self._open_keys(now, exclude=set()))
+        view["pnl_stale"] = self._pnl_stale(now)
+        return view
+
+    # ---- step 2A --------------------------------------------------------------------------------
+
+    def _check(self, orders: tuple[OrderSnapshot, ...], now: datetime) -> None:
+        self._after(self.core.roll(now), now)
+        checking = {o.command_id for o in orders}
+        open_keys = self._open_keys(now, exclude=checking) if self.limits.max_open_positions > 0 else set()
+        blocked = self.core.check_alert(orders, self._facts, open_keys, now)
+        first = next(((cid, why) for cid, why in blocked.items() if why != "OTHER_LEG_BLOCKED"), None)
+        passed = []
+        for order in orders:
+            reason = blocked.get(order.command_id)
+            if reason is None:
+                passed.append(order)
+                if order.execution_type == "ENTRY":
+                    self.admitted[order.command_id] = now.timestamp()
+                continue
+            detail = f"leg {first[0]} blocked: {first[1]}" if first and reason == "OTHER_LEG_BLOCKED" else None
+            logger.bind(event="risk_block", command_id=order.command_id, reason=reason).info(
+                "risk blocked {} {} {} {}: {}", order.command_id, order.side, order.quantity, order.symbol, reason)
+            self.registry.tell("store", TransitionOrder(command_id=order.command_id, to_status="FAILED",
+                                                        expect_from=("CREATED",), tag=f"RISK_BLOCKED:{reason}",
+                                                        detail=detail))
+        if passed:
+            self.registry.tell("guard", RiskCleared(orders=tuple(passed)))
+
+    def _open_keys(self, now: datetime, exclude: set[str]) -> set[tuple[str, str, str]]:
+        """Distinct open positions: non-zero rows of the last PositionBook, plus our entries in flight or
+        filled since that read (admitted by risk; CREATED legs still waiting for risk do not count)."""
+        keys = {(str(r.get("exch")), str(r.get("tsym")), product_name(r.get("prd")))
+                for r in self.rows if int(r.get("netqty") or 0) != 0}
+        if self.rows_at is not None:
+            since = _iso(self.rows_at - timedelta(seconds=2))
+        else:
+            since = _iso(datetime.combine(trading_day(now), datetime.min.time(), IST))
+        cutoff = now.timestamp() - ADMITTED_TTL_S
+        self.admitted = {k: v for k, v in self.admitted.items() if v >= cutoff}
+        query = (Order.select(Order.command_id, Order.exchange, Order.symbol, Order.product, Order.status)
+                 .where((Order.execution_type == "ENTRY")
+                        & (Order.status.in_(list(OPEN_STATUSES))
+                           | ((Order.filled_qty > 0) & (Order.updated_at >= since)))))
+        for row in query:
+            if row.command_id in exclude or (row.status == "CREATED" and row.command_id not in self.admitted):
+                continue
+            keys.add((row.exchange, row.symbol, row.product))
+        return keys
+
+    # ---- instrument facts (lot size, last price) ------------------------------------------------
+
+    def _facts(self, order: OrderSnapshot) -> OrderFacts:
+        """Lot size: the broker's `ls` (PositionBook, else SearchScrip/GetQuotes), else the built-in table.
+        Last price (MARKET notional): the PositionBook `lp`, else a GetQuotes no older than QUOTE_TTL_S."""
+        today = trading_day(self.clock())
+        if self.instruments_day != today:  # lot sizes change with the series: learn them again each day
+            self.instruments, self.instruments_day = {}, today
+        info = self.instruments.setdefault((order.exchange, order.symbol), {})
+        need_ls = self.limits.max_lots_per_order > 0 and not info.get("ls")
+        stale = time.monotonic() - info.get("lp_at", float("-inf")) > QUOTE_TTL_S
+        need_lp = (self.limits.max_notional_per_order > 0 and reference_price(order, None) is None
+                   and (not info.get("lp") or stale))
+        if need_ls or need_lp:
+            self._lookup(order.exchange, order.symbol, info, quote=need_lp)
+        lot = info.get("ls")
+        return OrderFacts(lot_size=lot or lot_size_fallback(order.exchange, order.symbol),
+                          lot_source="broker" if lot else "table", last_price=info.get("lp"))
+
+    def _learn_instruments(self, rows) -> None:
+        stamp = time.monotonic()
+        for row in rows:
+            info = self.instruments.setdefault((str(row.get("exch")), str(row.get("tsym"))), {})
+            for field in ("token", "ls"):
+                if row.get(field):
+                    info[field] = row[field]
+            if row.get("lp"):
+                info["lp"], info["lp_at"] = row["lp"], stamp
+
+    def _reader(self):
+        """A forked NorenRestClient sharing BrokerActor's session (as the watcher has)."""
+        if self.reader is None:
+            try:
+                self.reader = self.registry.ask("broker", "reader", timeout=5)
+            except Exception as exc:  # noqa: BLE001 - no reader: fall back to what is known
+                logger.warning("risk: no broker reader ({!r})", exc)
+        return self.reader
+
+    def _broker_failed(self, what: str, exc: Exception) -> None:
+        if isinstance(exc, SessionExpired):
+            logger.warning("risk: session expired during {}; asking for a new login", what)
+            self.registry.tell("broker", "relogin")
+            self.reader = None  # fork again: the broker may have been restarted with a new client
+        else:
+            logger.warning("risk: {} failed: {}", what, exc)
+
+    def _lookup(self, exch: str, tsym: str, info: dict, *, quote: bool) -> None:
+        reader = self._reader()
+        if reader is None:
+            return
+        try:
+            if (not info.get("token") or not info.get("ls")) and not info.get("searched"):
+                found = [s for s in reader.search_scrip(exch, tsym) if (s.tsym or "").upper() == tsym.upper()]
+                info["searched"] = True  # once a day: an unknown symbol is not searched on every entry
+                if found:
+                    info["token"] = found[0].token
+                    if found[0].ls:
+                        info["ls"] = found[0].ls
+            if quote and info.get("token"):
+                reply = reader.get_quotes(exch, info["token"])
+                if reply.ls:
+                    info["ls"] = reply.ls
+                if reply.lp:
+                    info["lp"], info["lp_at"] = reply.lp, time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - a failed look-up leaves the facts unknown, never crashes risk
+            self._broker_failed(f"instrument look-up {exch} {tsym}", exc)
+
+    # ---- PnL ------------------------------------------------------------------------------------
+
+    def _pnl_stale(self, now: datetime) -> bool:
+        since = self.last_ok_at or self.started_at or now
+        return (now - since).total_seconds() > max(60.0, 10 * self.config.risk.pnl_poll_interval_s)
+
+    def _on_positions(self, message: PositionsSnapshot, now: datetime) -> None:
+        events = self.core.on_positions(message.rows, message.ok, now)
+        if message.ok:
+            self.last_ok_at = now
+            if message.rows:
+                self.rows, self.rows_at = tuple(message.rows), now
+                self._learn_instruments(message.rows)
+            if self.stale_notified:
+                self.stale_notified = False
+                self._notify("PositionBook reads work again; PnL is current")
+        elif self._pnl_stale(now) and not self.stale_notified:
+            self.stale_notified = True
+            logger.error("risk: no successful PositionBook read for a while; the loss limit works on the last "
+                         "known PnL {}", self.core.day.pnl)
+            self._notify(f"PositionBook reads are failing: the daily loss limit works on the last known PnL "
+                         f"({self.core.day.pnl})")
+        self._after(events, now)
+        for exchange in self.core.due_square_offs(now):
+            self._start_flatten(FlattenJob(exchange=exchange, products=("MIS",), reason="SQUARE_OFF"), now)
+        if message.ok:
+            self._run_jobs(tuple(message.rows), now, counts_as_read=True)
+        self._persist()
+
+    # ---- flatten --------------------------------------------------------------------------------
+
+    def _start_flatten(self, job: FlattenJob, now: datetime) -> bool:
+        job.started_at = _iso(now)
+        if not self.core.add_job(job):
+            return False
+        logger.bind(event="risk", kind="FLATTEN").warning("risk: flatten started: {} ({})", job.describe(), job.reason)
+        self._notify(f"Flatten started ({job.reason}): cancelling open orders and exiting {job.describe()}")
+        self._persist()
+        return True
+
+    def _flatten_request(self, message: Flatten, now: datetime) -> dict:
+        job = FlattenJob(strategy=message.strategy, exchange=message.exchange, reason=message.reason)
+        if message.strategy is None and message.exchange is None:
+            self._after([e for e in [self.core.reduce(now)] if e], now)  # nothing may refill the account
+        started = self._start_flatten(job, now)
+        self.actor_ref.tell("flatten_round")  # after answering: cancels and exits may take a few REST calls
+        view = self.view(now)
+        view["flatten_started"] = started
+        return view
+
+    def _read_positions(self) -> tuple[dict, ...] | None:
+        reader = self._reader()
+        if reader is None:
+            return None
+        try:
+            rows = tuple(r.model_dump() for r in reader.position_book())
+        except Exception as exc:  # noqa: BLE001 - fall back to the last snapshot
+            self._broker_failed("PositionBook read", exc)
+            return None
+        if rows:
+            self.rows, self.rows_at = rows, self.clock()
+        return rows
+
+    def _run_jobs(self, rows: tuple[dict, ...], now: datetime, *, counts_as_read: bool) -> None:
+        if not self.core.jobs:
+            return
+        open_orders = list(Order.select(Order.command_id, Order.source, Order.strategy_name, Order.execution_type,
+                                        Order.exchange, Order.symbol, Order.product, Order.status,
+                                        Order.broker_order_id)
+                           .where(Order.status.in_(list(OPEN_STATUSES))).dicts())
+        ledger = queries.strategy_positions()
+        for job in list(self.core.jobs):
+            self._round(job, rows, open_orders, ledger, now, counts_as_read)
+
+    def _round(self, job: FlattenJob, rows, open_orders, ledger, now: datetime, counts_as_read: bool) -> None:
+        mine = [e for e in ledger if (job.exchange is None or e["exchange"] == job.exchange)
+                and (job.strategy is None or e["strategy_name"] == job.strategy)
+                and product_name(e["product"]) in job.products]
+        if not rows and mine:
+            return  # an empty PositionBook while we hold positions is not believed
+        plan = plan_flatten(rows, open_orders, ledger, strategy=job.strategy, exchange=job.exchange,
+                            products=job.products)
+        for cancel in plan.cancels:
+            self._cancel(cancel, now)
+        if plan.exits:
+            if job.rounds >= MAX_FLATTEN_ROUNDS:
+                self.core.end_job(job)
+                logger.critical("risk: flatten {} gave up after {} rounds; still held: {}", job.describe(),
+                                job.rounds, [f"{e.exchange}:{e.symbol}" for e in plan.exits])
+                self._notify(f"CRITICAL: flatten ({job.reason}) gave up after {job.rounds} rounds; positions "
+                             f"remain: {', '.join(f'{e.exchange}:{e.symbol}' for e in plan.exits)}. Check the broker.")
+                return
+            job.rounds += 1
+            job.idle_reads = 0
+            self.core.dirty.add("flatten")
+            self._register_exits(job, plan.exits, now)
+            return
+        if not counts_as_read:
+            return
+        job.idle_reads = job.idle_reads + 1 if plan.idle else 0
+        self.core.dirty.add("flatten")
+        if job.idle_reads < SETTLE_READS:
+            return
+        self.core.end_job(job)
+        if plan.leftovers:
+            held = ", ".join(f"{p.exchange}:{p.symbol} {p.product} {p.netqty:+d}" for p in plan.leftovers)
+            logger.bind(event="risk", kind="FLATTEN").error("risk: flatten {} done but not flat: {} held by no "
+                                                           "strategy", job.describe(), held)
+            self._notify(f"Flatten ({job.reason}) finished, but the broker still shows positions no strategy holds "
+                         f"(external or mismatch): {held}. Close them at the broker.")
+        else:
+            logger.bind(event="risk", kind="FLATTEN").warning("risk: flatten {} done: flat", job.describe())
+            self._notify(f"Flatten ({job.reason}) done: {job.describe()} flat")
+
+    def _cancel(self, cancel: CancelIntent, now: datetime) -> None:
+        last = self.cancel_sent.get(cancel.command_id)
+        if last is not None and now.timestamp() - last < CANCEL_RETRY_S:
+            return
+        self.cancel_sent[cancel.command_id] = now.timestamp()
+        # BrokerActor owns order actions at the broker (session, re-login); the outcome comes back as a report.
+        self.registry.tell("broker", CancelOrder(command_id=cancel.command_id, reason=f"risk flatten "
+                                                 f"({cancel.strategy_name} {cancel.symbol})"))
+        logger.bind(event="risk", kind="CANCEL", command_id=cancel.command_id).warning(
+            "risk: cancel requested for {} {} {} (broker id {})", cancel.command_id, cancel.strategy_name,
+            cancel.symbol, cancel.broker_order_id)
+
+    def _register_exits(self, job: FlattenJob, exits: tuple[ExitIntent, ...], now: datetime) -> None:
+        alert_id = f"risk-{job.reason.lower()}-{uuid.uuid4().hex[:12]}"
+        legs = tuple(NewOrder(command_id=new_command_id(), alert_id=alert_id, client_id=self.client_id,
+                              source="risk", strategy_name=e.strategy_name, execution_type="EXIT",
+                              exchange=e.exchange, symbol=e.symbol, side=e.side, quantity=e.quantity,
+                              product=e.product, order_type="MARKET", leg_index=i)
+                     for i, e in enumerate(exits))
+        body = json.dumps({"reason": job.reason, "scope": job.as_dict(), "round": job.rounds})
+        try:
+            result: RegisterResult = self.registry.ask("store", RegisterAlert(
+                alert_id=alert_id, source="risk", strategy_name=job.strategy, body=body, legs=legs), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - not registered: the next round plans them again
+            logger.error("risk: could not register flatten exits ({!r}); retrying on the next round", exc)
+            return
+        what = ", ".join(f"{e.side} {e.quantity} {e.symbol} {e.product} ({e.strategy_name})" for e in exits)
+        logger.bind(event="risk", kind="FLATTEN", alert_id=alert_id).warning("risk: flatten round {}: {}",
+                                                                           job.rounds, what)
+        self._notify(f"Flatten ({job.reason}) round {job.rounds}: {what}")
+        created = tuple(o for o in result.orders if o.status == "CREATED")
+        if created:
+            self._check(created, now)  # EXITs: they pass risk and go on to the guard
+
+
+# ---- superseded -------------------------------------------------------------------------------------
 
 @dataclass
 class RiskBook:
+    """The first-stage core (kill switch + plain daily max loss). Superseded by actors.risk_rules.RiskCore and
+    no longer used by RiskActor; kept only while tests/test_risk_book.py imports it."""
+
     max_daily_loss: float = 0.0
     state: str = ACTIVE
     reason: str | None = None
-    pnl: float | None = None  # None until the first successful PositionBook read
+    pnl: float | None = None
 
     def check(self, order: OrderSnapshot) -> str | None:
-        """The RISK_BLOCKED reason for this order, or None when it may proceed."""
         if order.execution_type != "ENTRY":
             return None
         if self.state == HALTED:
@@ -62,7 +519,6 @@ class RiskBook:
         return self.max_daily_loss > 0 and self.pnl is not None and self.pnl <= -self.max_daily_loss
 
     def on_positions(self, rows, ok: bool) -> bool:
-        """Update PnL; a failed read never resets it. Returns True when this read breached the limit."""
         if not ok:
             return False
         self.pnl = positions_pnl(rows)
@@ -74,62 +530,3 @@ class RiskBook:
     def view(self) -> dict:
         return {"state": self.state, "reason": self.reason, "pnl": self.pnl or 0.0,
                 "pnl_known": self.pnl is not None, "max_loss": self.max_daily_loss}
-
-
-class RiskActor(SupervisedActor):
-    registry_name = "risk"
-
-    def __init__(self, registry, config):
-        super().__init__(registry)
-        self.client_id = config.service.client_id
-        self.book = RiskBook(max_daily_loss=config.risk.max_daily_loss)
-
-    def on_start(self):
-        row = RiskState.get_or_none((RiskState.client_id == self.client_id) & (RiskState.key == "trading_state"))
-        if row is not None:
-            saved = json.loads(row.value)
-            self.book.state, self.book.reason = saved.get("state", ACTIVE), saved.get("reason")
-            logger.info("risk state reloaded: {} ({})", self.book.state, self.book.reason)
-
-    def _persist(self) -> None:
-        value = json.dumps({"state": self.book.state, "reason": self.book.reason})
-        (RiskState.insert(client_id=self.client_id, key="trading_state", value=value, updated_at=utc_now())
-         .on_conflict(conflict_target=[RiskState.client_id, RiskState.key],
-                      update={RiskState.value: value, RiskState.updated_at: utc_now()})
-         .execute())
-
-    def handle(self, message):
-        if isinstance(message, OrdersRegistered):
-            passed = []
-            for order in message.orders:
-                reason = self.book.check(order)
-                if reason is None:
-                    passed.append(order)
-                    continue
-                tag = f"RISK_BLOCKED:{reason}"
-                self.registry.tell("store", TransitionOrder(command_id=order.command_id, to_status="FAILED",
-                                                            expect_from=("CREATED",), tag=tag))
-            if passed:
-                self.registry.tell("guard", RiskCleared(orders=tuple(passed)))
-            return None
-        if isinstance(message, PositionsSnapshot):
-            if self.book.on_positions(message.rows, message.ok):
-                self._persist()
-                logger.warning("daily max loss hit: pnl {:.2f} <= -{:.2f}; entries halted", self.book.pnl,
-                               self.book.max_daily_loss)
-                self.registry.tell("notifier", Notify(kind="risk", text=f"Daily max loss hit (PnL "
-                                                      f"{self.book.pnl:.2f}); new entries halted"))
-            return None
-        if isinstance(message, Halt):
-            self.book.state, self.book.reason = HALTED, "KILL_SWITCH" if message.reason == "MANUAL" else message.reason
-            self._persist()
-            self.registry.tell("notifier", Notify(kind="risk", text=f"Trading HALTED ({self.book.reason})"))
-            return self.book.view()
-        if isinstance(message, Resume):
-            self.book.state, self.book.reason = ACTIVE, None
-            self._persist()
-            self.registry.tell("notifier", Notify(kind="risk", text="Trading resumed (ACTIVE)"))
-            return self.book.view()
-        if isinstance(message, GetState):
-            return self.book.view()
-        return None

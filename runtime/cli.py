@@ -189,8 +189,132 @@ def cmd_tail(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    _out("oms bench: not implemented yet (tracked as issue 6)", file=sys.stderr)
-    return EXIT_USAGE
+    from runtime.bench import Options, run_bench
+
+    for name in ("orders", "burst", "soak_orders"):
+        if getattr(args, name) is not None and getattr(args, name) <= 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer")
+    for name in ("rate", "soak_rate"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    options = Options(orders=args.orders, rate=args.rate, burst=args.burst, watch=args.watch, json_path=args.json,
+                      soak=args.soak, quick=args.quick, keep=args.keep, soak_rate=args.soak_rate)
+    if args.soak_orders is not None:
+        options.soak_orders = args.soak_orders
+    return run_bench(options)
+
+
+class ServiceError(Exception):
+    """The running service could not be reached or refused the request (exit 1)."""
+
+
+def _service_url(config: Config) -> str:
+    host = config.service.host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{config.service.port}"
+
+
+def _service_call(config: Config, method: str, path: str, body: dict | None = None) -> dict:
+    import requests
+
+    url = _service_url(config) + path
+    try:
+        reply = requests.request(method, url, json=body, timeout=20)
+    except requests.RequestException as exc:
+        raise ServiceError(f"cannot reach the service at {url} ({type(exc).__name__}); is `oms run` running "
+                           f"with this config?") from None
+    try:
+        data = reply.json()
+    except ValueError:
+        data = {"error": reply.text[:200]}
+    if reply.status_code == 409 and isinstance(data, dict) and "state" in data:
+        return data  # resume answered, but entries stay blocked: the caller explains
+    if reply.status_code != 200:
+        raise ServiceError(f"{method} {path}: HTTP {reply.status_code}: {data.get('error', data)}")
+    return data
+
+
+def _money(value) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def format_risk(view: dict) -> list[str]:
+    """GET /risk as a few readable lines."""
+    limits = view.get("limits", {})
+    reason = f" ({view['reason']})" if view.get("reason") else ""
+    lines = [f"state      {view.get('state')}{reason}   mode {view.get('mode')}   day {view.get('day')}"]
+    pnl = _money(view.get("pnl")) if view.get("pnl_known", True) else "unknown"
+    stale = "  (PositionBook reads failing)" if view.get("pnl_stale") else ""
+    if view.get("loss_floor") is not None:
+        lines.append(f"pnl        {pnl}   peak {_money(view.get('peak_pnl'))}   loss floor {_money(view['loss_floor'])}"
+                     f"   headroom {_money(view.get('headroom'))}   max loss {_money(view.get('max_loss'))}{stale}")
+    else:
+        lines.append(f"pnl        {pnl}   (no daily loss limit){stale}")
+    if view.get("cooldown_until"):
+        lines.append(f"cooldown   no entries until {view['cooldown_until']}")
+    per_s, per_m = limits.get("max_entries_per_second") or "-", limits.get("max_entries_per_minute") or "-"
+    lines.append(f"entries    {view.get('entries_last_second', 0)}/{per_s} last second, "
+                 f"{view.get('entries_last_minute', 0)}/{per_m} last minute")
+    lines.append(f"positions  {view.get('open_positions', 0)} open / {limits.get('max_open_positions') or 'no limit'}")
+    for job in view.get("flatten") or []:
+        scope = ", ".join(filter(None, [job.get("exchange"), job.get("strategy") and f"strategy {job['strategy']}"]))
+        lines.append(f"flatten    {job.get('reason')}: {scope or 'whole account'}, round {job.get('rounds')}")
+    shown = {k: v for k, v in limits.items() if k not in ("max_entries_per_second", "max_entries_per_minute")}
+    lines.append("limits     " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+    return lines
+
+
+def _print_risk(view: dict, as_json: bool) -> None:
+    if as_json:
+        _out(json.dumps(view, indent=2, default=str))
+    else:
+        for line in format_risk(view):
+            _out(line)
+
+
+def cmd_risk(args) -> int:
+    config = _config(args)
+    try:
+        if args.action == "status":
+            view = _service_call(config, "GET", "/risk")
+        elif args.action == "halt":
+            view = _service_call(config, "POST", "/risk/halt", {"secret_key": config.webhook.secret_key})
+            if args.flatten:
+                view = _service_call(config, "POST", "/risk/flatten", {"secret_key": config.webhook.secret_key})
+        elif args.action == "reduce":
+            view = _service_call(config, "POST", "/risk/reduce", {"secret_key": config.webhook.secret_key})
+        else:
+            view = _service_call(config, "POST", "/risk/resume", {"secret_key": config.webhook.secret_key})
+    except ServiceError as exc:
+        _out(f"oms: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    _print_risk(view, args.json)
+    if args.action == "resume" and view.get("state") != "ACTIVE":
+        _out(f"oms: mode resumed, but entries stay blocked: {view.get('reason')}", file=sys.stderr)
+        return EXIT_PROBLEM
+    return EXIT_OK
+
+
+def cmd_exit(args) -> int:
+    config = _config(args)
+    if not (args.all or args.strategy or args.exchange):
+        _out("oms: error: oms exit needs --all, --strategy NAME or --exchange EXCH", file=sys.stderr)
+        return EXIT_USAGE
+    body = {"secret_key": config.webhook.secret_key}
+    if args.strategy:
+        body["strategy"] = args.strategy
+    if args.exchange:
+        body["exchange"] = args.exchange.upper()
+    try:
+        view = _service_call(config, "POST", "/risk/flatten", body)
+    except ServiceError as exc:
+        _out(f"oms: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    if not args.json:
+        _out("flatten started" if view.get("flatten_started") else "a running flatten already covers this")
+    _print_risk(view, args.json)
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,8 +354,34 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--lines", "-n", type=int, default=0, help="only the last N lines of history")
     tail.set_defaults(func=cmd_tail)
 
-    bench = with_config(sub.add_parser("bench", help="latency and throughput benchmark"))
+    bench = sub.add_parser("bench", help="latency and throughput benchmark (paper exchange + service, loopback)")
+    bench.add_argument("--orders", type=int, default=2000, help="orders in the latency run (default 2000)")
+    bench.add_argument("--rate", type=float, default=100.0, help="offered alerts/s in the latency run (default 100)")
+    bench.add_argument("--burst", type=int, default=500, help="legs in the burst (default 500)")
+    bench.add_argument("--watch", choices=("ws", "poll"), default=None,
+                       help="measure with the WebSocket or with polling only (default: both)")
+    bench.add_argument("--json", metavar="PATH", default=None, help="also write the figures as JSON to PATH")
+    bench.add_argument("--soak", action="store_true", help="also run the soak (memory growth, recovery time)")
+    bench.add_argument("--soak-orders", type=int, default=None, help="orders in the soak (default 100000)")
+    bench.add_argument("--soak-rate", type=float, default=None,
+                       help="alerts/s in the soak (default 70%% of the measured throughput)")
+    bench.add_argument("--quick", action="store_true", help="a tiny run: short warm-ups, a one-step sweep")
+    bench.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     bench.set_defaults(func=cmd_bench)
+
+    risk = with_config(sub.add_parser("risk", help="the running service's risk state: status, halt, reduce, resume"))
+    risk.add_argument("action", choices=("status", "halt", "reduce", "resume"))
+    risk.add_argument("--flatten", action="store_true",
+                      help="with halt: also cancel our open orders and exit every non-CNC position")
+    risk.add_argument("--json", action="store_true")
+    risk.set_defaults(func=cmd_risk)
+
+    flatten = with_config(sub.add_parser("exit", help="flatten: cancel our open orders, exit non-CNC positions"))
+    flatten.add_argument("--all", action="store_true", help="the whole account (entries then stay blocked: REDUCING)")
+    flatten.add_argument("--strategy", help="only this strategy's positions")
+    flatten.add_argument("--exchange", help="only positions on this exchange")
+    flatten.add_argument("--json", action="store_true")
+    flatten.set_defaults(func=cmd_exit)
     return parser
 
 

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(Exception):
@@ -104,18 +104,40 @@ class TelegramConfig(_Section):
 
 
 class RiskConfig(_Section):
-    max_daily_loss: float = Field(0.0, ge=0)  # 0 = no limit
+    """`[risk]`: limits on ENTRY orders (an EXIT is never blocked by risk). 0 switches a limit off.
+
+    See README "Risk" and actors/risk_rules.py for the exact arithmetic.
+    """
+
+    # Rupees (positive). Breach when day PnL (rpnl + urmtom of non-CNC positions) <= -max_daily_loss,
+    # raised by the trailing level: floor = floor(peak / trail_step) * trail_step - max_daily_loss.
+    max_daily_loss: float = Field(0.0, ge=0)
     trail_step: float = Field(0.0, ge=0)
-    warning_at: float = Field(0.8, gt=0, le=1)
-    max_loss_days: int = Field(0, ge=0)
+    warning_at: float = Field(0.8, gt=0, le=1)  # fraction of max_daily_loss that triggers the one warning
+    max_loss_days: int = Field(0, ge=0)  # consecutive loss days before a one-trading-day cooldown
     max_lots_per_order: int = Field(0, ge=0)
-    max_notional_per_order: float = Field(0.0, ge=0)
-    max_open_positions: int = Field(0, ge=0)
+    max_notional_per_order: float = Field(0.0, ge=0)  # rupees, qty * price (MARKET: last price)
+    max_open_positions: int = Field(0, ge=0)  # distinct positions incl. entries in flight
     max_entries_per_second: float = Field(10.0, ge=0)
     max_entries_per_minute: float = Field(200.0, ge=0)
+    # Unset: on with the live broker (mode "shoonya", non-loopback rest_url), off with the paper exchange.
     enforce_trading_hours: bool | None = None
+    # Exchange -> "HH:MM" IST: no entries on that exchange from then on, and its MIS positions are flattened.
     square_off_time: dict[str, str] = {}
     pnl_poll_interval_s: float = Field(5.0, gt=0)
+
+    @field_validator("square_off_time")
+    @classmethod
+    def _square_off(cls, value: dict[str, str]) -> dict[str, str]:
+        known = ("NSE", "NFO", "BSE", "BFO", "MCX", "CDS")
+        for exchange, text in value.items():
+            if exchange not in known:
+                raise ValueError(f"unknown exchange {exchange!r}; expected one of {', '.join(known)}")
+            hours, _, minutes = text.strip().partition(":")
+            if not (hours.isdigit() and len(hours) <= 2 and minutes.isdigit() and len(minutes) == 2
+                    and int(hours) <= 23 and int(minutes) <= 59):
+                raise ValueError(f"{exchange} = {text!r} is not a time HH:MM (IST)")
+        return value
 
 
 class Config(_Section):

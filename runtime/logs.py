@@ -1,7 +1,10 @@
 """Loguru set-up: human-readable lines to stderr, structured JSON lines to files under <data_dir>/logs.
 
 `events.jsonl` holds one line per alert and per order event (what `oms tail` reads); `service.jsonl` holds
-every log record. No secret is ever passed to a log call; the sinks add nothing but the record's fields.
+every log record. Every JSON line carries `mono`, `time.monotonic()` when the record was formatted (in the
+logging thread, before any enqueue): CLOCK_MONOTONIC is shared by every process on the machine, so `oms bench`
+can line these up with the paper exchange's `arrived_mono` / `filled_mono`. No secret is ever passed to a log call; the sinks add nothing but the
+record's fields.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from loguru import logger
@@ -19,6 +23,7 @@ HUMAN_FORMAT = "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> {m
 def _json_line(record) -> str:
     data = {
         "at": record["time"].astimezone().isoformat(timespec="microseconds"),
+        "mono": time.monotonic(),
         "level": record["level"].name,
         "message": record["message"],
     }

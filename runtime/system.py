@@ -28,6 +28,7 @@ from messages.commands import BrokerOrderReport, Notify, OrdersRegistered, Trans
 from messages.orders import OrderSnapshot
 from runtime.config import Config
 from runtime.logs import remove_logging, setup_logging
+from runtime.noren.rest import NorenRestClient
 from runtime.registry import Registry
 from runtime.supervisor import Supervisor
 from storage import queries
@@ -44,8 +45,10 @@ STOP_ORDER = ("ingress", "risk", "guard", "broker", "watcher", "notifier", "stor
 class System:
     """The whole service in this process. `start()`, `stop()`, and helpers to inject and wait."""
 
-    def __init__(self, config: Config, *, listen_port: int | None = None, log_to_stderr: bool = True):
+    def __init__(self, config: Config, *, listen_port: int | None = None, log_to_stderr: bool = True,
+                 clock=None):
         self.config = config
+        self.clock = clock  # UTC-aware datetime factory for risk (trading windows, day rollover); tests inject it
         self.listen_port = listen_port
         self.log_to_stderr = log_to_stderr
         self.registry = Registry()
@@ -82,13 +85,16 @@ class System:
         self.db = open_database(self.data_dir / "orders.db", synchronous=self.config.service.db_synchronous)
         rest_url, ws_url = self._broker_urls()
         reg, cfg = self.registry, self.config
+        b = cfg.broker
+        self.client = NorenRestClient(rest_url, auth=b.auth, connect_timeout_s=b.connect_timeout_s,
+                                      request_timeout_s=b.request_timeout_s)
         self.factories = {
             "store": lambda: StoreActor.start(self.db, reg, subscribers=SUBSCRIBERS),
             "notifier": lambda: NotifierActor.start(reg, cfg),
-            "broker": lambda: BrokerActor.start(reg, cfg, rest_url=rest_url, ws_url=ws_url),
+            "broker": lambda: BrokerActor.start(reg, cfg, client=self.client, ws_url=ws_url),
             "watcher": lambda: WatcherActor.start(reg, cfg),
             "guard": lambda: GuardActor.start(reg),
-            "risk": lambda: RiskActor.start(reg, cfg),
+            "risk": lambda: RiskActor.start(reg, cfg, clock=self.clock),
         }
         self.supervisor = Supervisor(reg, self.factories)
         reg.supervisor = self.supervisor

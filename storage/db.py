@@ -26,6 +26,9 @@ def open_database(path: str | Path, *, synchronous: str = "FULL") -> SqliteDatab
             "foreign_keys": 1,
         },
         check_same_thread=False,
+        # Writers take the write lock when the transaction begins: a transaction that read first and then
+        # found another connection had committed would otherwise fail at once (SQLITE_BUSY_SNAPSHOT).
+        lock_type="IMMEDIATE",
     )
     database_proxy.initialize(db)
     db.connect(reuse_if_open=True)

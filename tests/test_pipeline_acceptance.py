@@ -214,7 +214,7 @@ def test_kill_switch_blocks_entries_not_exits_and_resume_restores(make_system, p
     held = one_leg(system, alert(alert_id="before-halt"))
     system.wait_for_status(held, "EXECUTED")
 
-    reply = requests.post(f"{system.url}/risk/halt", timeout=5)
+    reply = requests.post(f"{system.url}/risk/halt", json={"secret_key": SECRET}, timeout=5)
     assert reply.status_code == 200 and reply.json()["state"] == "HALTED"
 
     blocked = one_leg(system, alert(strategy="S2", alert_id="during-halt"))
@@ -230,7 +230,7 @@ def test_kill_switch_blocks_entries_not_exits_and_resume_restores(make_system, p
     assert exit_order["side"] == "SELL" and exit_order["filled_qty"] == 65
     assert len(at_paper(paper, exit_cid)) == 1
 
-    reply = requests.post(f"{system.url}/risk/resume", timeout=5)
+    reply = requests.post(f"{system.url}/risk/resume", json={"secret_key": SECRET}, timeout=5)
     assert reply.status_code == 200 and reply.json()["state"] == "ACTIVE"
     assert requests.get(f"{system.url}/risk", timeout=5).json()["state"] == "ACTIVE"
     after = one_leg(system, alert(strategy="S2", alert_id="after-resume"))
@@ -241,7 +241,7 @@ def test_kill_switch_blocks_entries_not_exits_and_resume_restores(make_system, p
 def test_kill_switch_survives_a_restart(make_system, paper, tmp_path):
     data_dir = tmp_path / "persisted"
     system = make_system(data_dir=data_dir)
-    assert requests.post(f"{system.url}/risk/halt", timeout=5).json()["state"] == "HALTED"
+    assert requests.post(f"{system.url}/risk/halt", json={"secret_key": SECRET}, timeout=5).json()["state"] == "HALTED"
     system.stop()
     system = make_system(data_dir=data_dir)
     assert requests.get(f"{system.url}/risk", timeout=5).json()["state"] == "HALTED"

@@ -8,6 +8,10 @@ Timing: an order that becomes fillable (accepted, modified, triggered, or crosse
 scheduled to fill `fill_delay_ms` later; `step(now)` performs what is due, re-checking the price at that
 moment. Quantities above `fill_slice_qty` fill in slices spaced by `fill_delay_ms`. The caller drives
 time: call `step` when `next_due()` has passed and `tick` every `tick_interval_ms`.
+
+Benchmark instrumentation (`oms bench`): each order carries `arrived_mono` (time.monotonic() when its
+PlaceOrder request arrived, set by the server) and `filled_mono` (time.monotonic() when its final fill was
+applied); both appear in `all_orders()` (GET /paper/orders) and nowhere in the broker's wire shapes.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import heapq
 import random
 import re
+import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -207,6 +212,8 @@ class Order:
     exchordid: str = ""
     due: float | None = None
     history: list[dict] = field(default_factory=list)
+    arrived_mono: float | None = None  # bench instrumentation: PlaceOrder arrival (time.monotonic())
+    filled_mono: float | None = None  # bench instrumentation: final fill (time.monotonic())
 
     @property
     def remaining(self) -> int:
@@ -360,6 +367,7 @@ class Engine:
         self._order_seq = 0
         self._fill_seq = 0
         self._heap_seq = 0
+        self.mono = time.monotonic  # the clock of the bench timestamps (shared by processes on Linux)
         for exch, tsym, token, underlying in _INDICES:
             self._create(exch, tsym, token=token, kind="INDEX", underlying=underlying)
 
@@ -675,6 +683,7 @@ class Engine:
         order.fillvalue += qty * price
         if order.remaining == 0:
             order.status = COMPLETE
+            order.filled_mono = self.mono()
             self._retire(order)
         self._fill_seq += 1
         fill = {"flid": str(self._fill_seq), "fltm": exch_tm(now), "flqty": str(qty), "flprc": money(price)}
@@ -742,12 +751,15 @@ class Engine:
         }
 
     def all_orders(self) -> list[dict]:
-        """Every order of every account, oldest first, with fillshares/avgprc always present."""
+        """Every order of every account, oldest first, with fillshares/avgprc always present, plus the bench
+        timestamps `arrived_mono` / `filled_mono` (time.monotonic(), None until they happen)."""
         rows = []
         for order in self._orders.values():
             row = order.row()
             row.setdefault("fillshares", "0")
             row.setdefault("avgprc", "0.00")
+            row["arrived_mono"] = order.arrived_mono
+            row["filled_mono"] = order.filled_mono
             rows.append(row)
         return rows
 

@@ -120,6 +120,7 @@ class PaperServer:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hung = 0
+        self._arrived_mono: float | None = None  # bench instrumentation: arrival of the request being handled
         self._routes = {
             "quickauth": self._quick_auth,
             "genacstok": self._gen_acs_tok,
@@ -238,6 +239,7 @@ class PaperServer:
         return {"stat": "Not_Ok", "request_time": norentm(time.time() if now is None else now), "emsg": emsg}
 
     async def _rest(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()  # when the request reached the exchange (headers parsed), for `oms bench`
         if self.faults.http_500 > 0:
             self.faults.http_500 -= 1
             return web.Response(status=500, text="Internal Server Error (paper fault)")
@@ -251,6 +253,7 @@ class PaperServer:
         elif handler is None:
             reply = self._error(f"Invalid Input : Unknown route {route!r}", now)
         else:
+            self._arrived_mono = arrived  # _call is synchronous: nothing else runs on the loop until it returns
             reply, hang = self._call(route.lower(), handler, body, request.headers.get("Authorization", ""), now)
         if self.faults.latency_ms > 0:
             await asyncio.sleep(self.faults.latency_ms / 1000.0)
@@ -360,6 +363,7 @@ class PaperServer:
 
     def _place_order(self, session: Session, data: dict, now: float) -> dict:
         order, reports = self.engine.place(session.uid, data, now)
+        order.arrived_mono = self._arrived_mono
         self._publish(reports)
         logger.debug("paper order {} {} {} {} -> {}", order.norenordno, order.trantype, order.qty, order.tsym, order.status)
         return {"stat": "Ok", "request_time": norentm(now), "norenordno": order.norenordno}

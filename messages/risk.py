@@ -1,0 +1,85 @@
+"""RiskActor's own messages and the payloads of its pure core (actors/risk_rules.py).
+
+The kill switch (`Halt`), `Resume` and `GetState` live in messages/commands.py because the ingress sent them
+first; everything added with the full RiskActor is here.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+# ---- requests to RiskActor (POST /risk/reduce, POST /risk/flatten) --------------------------------
+
+class Reduce(_Frozen):
+    """Exits only: new entries are blocked `RISK_BLOCKED:REDUCING_ONLY` until Resume."""
+
+
+class Flatten(_Frozen):
+    """Cancel our open orders and EXIT every non-CNC position in scope, repeating until the broker is flat.
+
+    No scope = the whole account (and the state becomes at least REDUCING, so entries cannot refill it).
+    """
+
+    strategy: str | None = None
+    exchange: str | None = None
+    reason: str = "MANUAL"
+
+
+# ---- payloads of the pure core ----------------------------------------------------------------------
+
+class RiskEvent(_Frozen):
+    """Something the actor must log and notify (and persist): WARNING, BREACH, COOLDOWN, DAY_CLOSED, ..."""
+
+    kind: str
+    text: str
+
+
+class CancelIntent(_Frozen):
+    """One of our orders open at the broker, to cancel before its position is exited."""
+
+    command_id: str
+    broker_order_id: str
+    strategy_name: str
+    exchange: str
+    symbol: str
+    execution_type: str
+
+
+class ExitIntent(_Frozen):
+    """One EXIT leg to register (source "risk") for a strategy's share of a broker position."""
+
+    strategy_name: str
+    exchange: str
+    symbol: str
+    product: str  # NRML | MIS (never CNC)
+    side: str  # the closing side: SELL for a long position, BUY for a short one
+    quantity: int
+
+
+class Leftover(_Frozen):
+    """A broker position in scope that no strategy of ours holds (external, or a ledger mismatch)."""
+
+    exchange: str
+    symbol: str
+    product: str
+    netqty: int
+
+
+class FlattenPlan(_Frozen):
+    """One round of flattening: cancel these, exit those, wait for the rest."""
+
+    cancels: tuple[CancelIntent, ...] = ()
+    exits: tuple[ExitIntent, ...] = ()
+    # Positions not exited this round because an order of ours on them is still open / in flight.
+    waiting: tuple[str, ...] = ()
+    leftovers: tuple[Leftover, ...] = ()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing to do and nothing to wait for (leftovers cannot be exited through the pipeline)."""
+        return not (self.cancels or self.exits or self.waiting)
