@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from messages.alerts import WebhookAlert, WebhookLeg
 from messages.commands import (
+    CancelOrder,
     GetState,
     Notify,
     OrdersRegistered,
@@ -213,7 +214,97 @@ class IngressApp:
             if path == "/risk/resume" and isinstance(reply, dict) and reply.get("state") != "ACTIVE":
                 return 409, reply  # resumed the operator's mode, but a breach or cooldown still blocks entries
             return 200, reply
+        if method == "POST" and path == "/positions/exit":
+            return self.exit_positions(environ)
+        if method == "POST" and path == "/orders/cancel":
+            return self.cancel_orders(environ)
         return 404, {"error": f"no route {method} {path}"}
+
+    # ---- operator commands: exits on demand, cancel-all -----------------------------------------
+
+    def _operator_body(self, environ, action: str) -> dict | tuple[int, dict]:
+        """The JSON body of an operator command, authenticated with the webhook secret (or the refusal)."""
+        remote = environ.get("REMOTE_ADDR")
+        secret = self.config.webhook.secret_key
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        if length > self.config.service.max_body_bytes:
+            self._record(RecordAlert(source="manual", outcome="too_large", http_status=413, remote_addr=remote,
+                                     error=f"{action}: body too large"))
+            return 413, {"error": "body too large"}
+        body = environ["wsgi.input"].read(length) if length else b""
+        try:
+            data = json.loads(body.decode("utf-8")) if body.strip() else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            self._record(RecordAlert(source="manual", outcome="invalid", http_status=400, remote_addr=remote,
+                                     body=redact(body.decode("utf-8", "replace"), secret), error=f"{action}: not a JSON object"))
+            return 400, {"error": "the body must be a JSON object"}
+        data = {str(k).lower(): v for k, v in data.items()}
+        if not (signature_ok(body, environ.get("HTTP_X_SIGNATURE"), secret) or secret_ok(data.get("secret_key"), secret)):
+            self._record(RecordAlert(source="manual", outcome="unauthorized", http_status=401, remote_addr=remote,
+                                     body=redact(body.decode("utf-8", "replace"), secret), error=action))
+            return 401, {"error": "unauthorized: bad or missing secret_key / X-Signature"}
+        data.pop("secret_key", None)
+        for key in ("strategy", "symbol", "exchange"):
+            if data.get(key) is not None and (not isinstance(data[key], str) or not data[key].strip()):
+                return 400, {"error": f"{key} must be a non-empty string"}
+        qty = data.get("qty")
+        if qty is not None and (isinstance(qty, bool) or not isinstance(qty, int) or qty <= 0):
+            return 400, {"error": "qty must be a positive integer"}
+        data["_remote"] = remote
+        return data
+
+    def exit_positions(self, environ) -> tuple[int, Any]:
+        """POST /positions/exit {"secret_key", "strategy"?, "symbol"?, "exchange"?, "qty"?}: EXIT intents for the
+        strategies' positions (from our own fills), registered and sent through the normal pipeline."""
+        data = self._operator_body(environ, "positions/exit")
+        if isinstance(data, tuple):
+            return data
+        positions = [p for p in queries.strategy_positions()
+                     if (not data.get("strategy") or p["strategy_name"] == data["strategy"])
+                     and (not data.get("symbol") or p["symbol"] == data["symbol"])
+                     and (not data.get("exchange") or p["exchange"] == data["exchange"].upper())]
+        if not positions:
+            return 404, {"error": "no strategy position matches", "positions": []}
+        by_strategy: dict[str, list[dict]] = {}
+        for p in positions:
+            by_strategy.setdefault(p["strategy_name"], []).append(p)
+        batch = uuid.uuid4().hex[:12]
+        answers = []
+        for strategy, held in sorted(by_strategy.items()):
+            legs = [{"tradingsymbol": p["symbol"], "exchange": p["exchange"], "product_type": p["product"],
+                     "direction": "SELL" if p["net_qty"] > 0 else "BUY", "order_type": "MARKET",
+                     "qty": min(abs(p["net_qty"]), data["qty"]) if data.get("qty") else abs(p["net_qty"])}
+                    for p in held]
+            alert = WebhookAlert.model_validate({"alert_id": f"manual-exit-{batch}-{strategy}"[:200],
+                                                 "strategy_name": strategy, "execution_type": "EXIT",
+                                                 "legs": legs})
+            status, answer = self.register(alert, source="manual", remote=data["_remote"],
+                                           body=json.dumps({k: v for k, v in data.items() if k != "_remote"}))
+            if status not in (200, 202):
+                return status, answer
+            answers.append(answer)
+        return 202, {"alerts": answers, "orders": [o for a in answers for o in a["orders"]]}
+
+    def cancel_orders(self, environ) -> tuple[int, Any]:
+        """POST /orders/cancel {"secret_key", "strategy"?, "symbol"?}: cancel our open orders at the broker."""
+        data = self._operator_body(environ, "orders/cancel")
+        if isinstance(data, tuple):
+            return data
+        open_orders = [o for status in ("SENT_TO_BROKER", "PARTIAL")
+                       for o in queries.list_orders(status, data.get("strategy"), data.get("symbol"), 10000)]
+        for order in open_orders:
+            self.registry.tell("broker", CancelOrder(command_id=order["command_id"], reason="operator cancel-all"))
+        ids = [o["command_id"] for o in open_orders]
+        self._record(RecordAlert(source="manual", outcome="cancel_requested", http_status=202,
+                                 remote_addr=data["_remote"], strategy_name=data.get("strategy"),
+                                 body=json.dumps({k: v for k, v in data.items() if k != "_remote"}),
+                                 error=f"cancel requested for {len(ids)} order(s): {' '.join(ids)}"[:2000]))
+        return 202, {"cancel_requested": ids}
 
     # ---- POST /webhook --------------------------------------------------------------------------
 

@@ -62,6 +62,11 @@ IST = timezone(timedelta(hours=5, minutes=30), "IST")
 ACTIVE, REDUCING, HALTED = "ACTIVE", "REDUCING", "HALTED"
 STATES = (ACTIVE, REDUCING, HALTED)
 
+# MIS square-off times in IST, used when none are configured and trading hours are enforced (the live
+# broker's default; off with the paper exchange so nothing depends on the time of day a test runs).
+DEFAULT_SQUARE_OFF = {"NSE": "15:15", "NFO": "15:15", "BSE": "15:15", "BFO": "15:15", "CDS": "16:45",
+                      "MCX": "23:00"}
+
 # Entry windows in IST, [start, end). Exchange holidays are not known here (only weekends are).
 SESSIONS: dict[str, tuple[time, time]] = {
     "NSE": (time(9, 15), time(15, 30)),
@@ -425,7 +430,9 @@ class Limits:
             max_notional_per_order=r.max_notional_per_order, max_open_positions=r.max_open_positions,
             max_entries_per_second=r.max_entries_per_second, max_entries_per_minute=r.max_entries_per_minute,
             enforce_trading_hours=trading_hours_enforced(r.enforce_trading_hours, b.mode, b.rest_url),
-            square_off=tuple((exch, parse_hhmm(text)) for exch, text in sorted(r.square_off_time.items())),
+            square_off=tuple((exch, parse_hhmm(text)) for exch, text in sorted(
+                (r.square_off_time or (DEFAULT_SQUARE_OFF if trading_hours_enforced(
+                    r.enforce_trading_hours, b.mode, b.rest_url) else {})).items())),
         )
 
     def square_off_time(self, exchange: str) -> time | None:
@@ -504,9 +511,11 @@ class RiskCore:
             if self.day is None:
                 self.day = self.days[today] = DayState(today)
                 self.dirty.add(self.day.key)
-            # A square-off job belongs to its own day; a new day does not carry it over.
-            kept = [j for j in self.jobs if j.reason != "SQUARE_OFF" or _day_of(j.started_at) == today]
+            # A flatten job belongs to its own trading day: EXIT intents of an earlier day are never sent.
+            kept = [j for j in self.jobs if _day_of(j.started_at) == today]
             if len(kept) != len(self.jobs):
+                events.append(RiskEvent(kind="FLATTEN_EXPIRED", text=f"{len(self.jobs) - len(kept)} flatten job(s) "
+                                        f"of an earlier trading day dropped; check the positions they left"))
                 self.jobs = kept
                 self.dirty.add("flatten")
         if self.limits.max_loss_days > 0 and self.streak.evaluated_for != today:

@@ -230,7 +230,7 @@ def _service_call(config: Config, method: str, path: str, body: dict | None = No
         data = {"error": reply.text[:200]}
     if reply.status_code == 409 and isinstance(data, dict) and "state" in data:
         return data  # resume answered, but entries stay blocked: the caller explains
-    if reply.status_code != 200:
+    if reply.status_code not in (200, 202):
         raise ServiceError(f"{method} {path}: HTTP {reply.status_code}: {data.get('error', data)}")
     return data
 
@@ -297,23 +297,60 @@ def cmd_risk(args) -> int:
 
 
 def cmd_exit(args) -> int:
+    """EXIT intents for strategy positions (POST /positions/exit), or with --flatten the risk flatten
+    (cancel open orders and exit until the broker's PositionBook is flat)."""
     config = _config(args)
-    if not (args.all or args.strategy or args.exchange):
-        _out("oms: error: oms exit needs --all, --strategy NAME or --exchange EXCH", file=sys.stderr)
+    if not (args.all or args.strategy or args.exchange or args.symbol):
+        _out("oms: error: oms exit needs --all, --strategy NAME, --symbol TSYM or --exchange EXCH", file=sys.stderr)
         return EXIT_USAGE
     body = {"secret_key": config.webhook.secret_key}
-    if args.strategy:
-        body["strategy"] = args.strategy
+    for key in ("strategy", "symbol"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
     if args.exchange:
         body["exchange"] = args.exchange.upper()
+    if args.flatten:
+        if args.symbol or args.qty:
+            _out("oms: error: --flatten works on --all, --strategy or --exchange (no --symbol/--qty)", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            view = _service_call(config, "POST", "/risk/flatten", body)
+        except ServiceError as exc:
+            _out(f"oms: {exc}", file=sys.stderr)
+            return EXIT_PROBLEM
+        if not args.json:
+            _out("flatten started" if view.get("flatten_started") else "a running flatten already covers this")
+        _print_risk(view, args.json)
+        return EXIT_OK
+    if args.qty:
+        body["qty"] = args.qty
     try:
-        view = _service_call(config, "POST", "/risk/flatten", body)
+        reply = _service_call(config, "POST", "/positions/exit", body)
     except ServiceError as exc:
         _out(f"oms: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    if not args.json:
-        _out("flatten started" if view.get("flatten_started") else "a running flatten already covers this")
-    _print_risk(view, args.json)
+    if args.json:
+        _out(json.dumps(reply, indent=2))
+    else:
+        for order in reply.get("orders", []):
+            _out(f"EXIT {order['tradingsymbol']}: {order['command_id']} {order['status']} {order['tag'] or ''}")
+    return EXIT_OK
+
+
+def cmd_cancel(args) -> int:
+    """Cancel our open orders at the broker (POST /orders/cancel)."""
+    config = _config(args)
+    body = {"secret_key": config.webhook.secret_key}
+    for key in ("strategy", "symbol"):
+        if getattr(args, key):
+            body[key] = getattr(args, key)
+    try:
+        reply = _service_call(config, "POST", "/orders/cancel", body)
+    except ServiceError as exc:
+        _out(f"oms: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    ids = reply.get("cancel_requested", [])
+    _out(f"cancel requested for {len(ids)} order(s)" + (": " + " ".join(ids) if ids else ""))
     return EXIT_OK
 
 
@@ -376,12 +413,22 @@ def build_parser() -> argparse.ArgumentParser:
     risk.add_argument("--json", action="store_true")
     risk.set_defaults(func=cmd_risk)
 
-    flatten = with_config(sub.add_parser("exit", help="flatten: cancel our open orders, exit non-CNC positions"))
-    flatten.add_argument("--all", action="store_true", help="the whole account (entries then stay blocked: REDUCING)")
-    flatten.add_argument("--strategy", help="only this strategy's positions")
-    flatten.add_argument("--exchange", help="only positions on this exchange")
-    flatten.add_argument("--json", action="store_true")
-    flatten.set_defaults(func=cmd_exit)
+    exit_ = with_config(sub.add_parser("exit", help="exit strategy positions through the pipeline"))
+    exit_.add_argument("--all", action="store_true", help="every strategy position")
+    exit_.add_argument("--strategy", help="only this strategy's positions")
+    exit_.add_argument("--symbol", help="only this trading symbol")
+    exit_.add_argument("--exchange", help="only positions on this exchange")
+    exit_.add_argument("--qty", type=int, help="exit at most this quantity per position")
+    exit_.add_argument("--flatten", action="store_true",
+                       help="risk flatten instead: cancel open orders, exit non-CNC positions until the broker is "
+                            "flat (with --all entries then stay blocked: REDUCING)")
+    exit_.add_argument("--json", action="store_true")
+    exit_.set_defaults(func=cmd_exit)
+
+    cancel = with_config(sub.add_parser("cancel", help="cancel our open orders at the broker"))
+    cancel.add_argument("--strategy")
+    cancel.add_argument("--symbol")
+    cancel.set_defaults(func=cmd_cancel)
     return parser
 
 

@@ -22,6 +22,7 @@ from actors.guard import GuardActor
 from actors.ingress import IngressActor, IngressApp
 from actors.notifier import NotifierActor
 from actors.risk import RiskActor
+from actors.risk_rules import trading_day
 from actors.store import StoreActor
 from actors.watcher import WatcherActor
 from messages.commands import BrokerOrderReport, Notify, OrdersRegistered, TransitionOrder
@@ -128,11 +129,15 @@ class System:
         max_age = timedelta(seconds=self.config.service.max_signal_age_s)
         cutoff = (datetime.now(timezone.utc) - max_age).isoformat(timespec="microseconds")
         by_alert: dict[str, list[OrderSnapshot]] = {}
+        today = trading_day(datetime.now(timezone.utc))
         for row in Order.select().where(Order.status == T.CREATED).order_by(Order.id):
-            if row.created_at < cutoff:
+            earlier_day = trading_day(datetime.fromisoformat(row.created_at)) != today
+            if row.created_at < cutoff or earlier_day:
+                # Never send an intent of an earlier trading day, whatever max_signal_age_s says.
                 self.registry.ask("store", TransitionOrder(
                     command_id=row.command_id, to_status=T.FAILED, expect_from=(T.CREATED,),
-                    tag="EXPIRED_ON_RESTART", detail="older than max_signal_age_s at restart"))
+                    tag="EXPIRED_ON_RESTART", detail="created on an earlier trading day" if earlier_day
+                    else "older than max_signal_age_s at restart"))
             else:
                 by_alert.setdefault(row.alert_id, []).append(OrderSnapshot.model_validate(row.__data__))
         for orders in by_alert.values():

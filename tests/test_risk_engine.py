@@ -227,7 +227,7 @@ def test_oms_risk_and_oms_exit_drive_the_running_service(make_system, paper, tmp
     halted = oms("risk", "halt", "--config", str(config), "--json", cwd=tmp_path)
     assert halted.returncode == 0 and '"state": "HALTED"' in halted.stdout
     assert oms("exit", "--config", str(config), cwd=tmp_path).returncode == 2  # needs a scope
-    flat = oms("exit", "--all", "--config", str(config), cwd=tmp_path)
+    flat = oms("exit", "--all", "--flatten", "--config", str(config), cwd=tmp_path)
     assert flat.returncode == 0 and flat.stdout.startswith("flatten started"), flat.stderr
     wait_risk(system, lambda v: v["flatten"] == [], "the flatten")
     assert netqty(paper, SYM) == 0

@@ -484,7 +484,7 @@ def test_state_round_trips_through_the_persisted_rows():
     assert back.days[date(2026, 3, 4)].peak == 600 and back.loss_floor() == -500
     assert back.jobs[0].reason == "DAILY_LOSS_HIT" and back.mode.state == R.REDUCING
     # Wednesday closed as a loss day (max_loss_days=1): Thursday is a cooldown day, Friday the mode again.
-    assert [e.kind for e in back.roll(at(THU, 9))] == ["DAY_CLOSED", "COOLDOWN"]
+    assert [e.kind for e in back.roll(at(THU, 9))] == ["DAY_CLOSED", "FLATTEN_EXPIRED", "COOLDOWN"]
     assert back.effective(at(THU, 9)) == (R.HALTED, R.LOSS_DAYS_COOLDOWN)
     back.roll(at(FRI, 9))
     assert back.effective(at(FRI, 9)) == (R.REDUCING, R.REDUCING_ONLY)
@@ -512,13 +512,17 @@ def test_the_first_stage_persisted_kill_switch_still_loads():
     assert back.effective(at(WED)) == (R.HALTED, R.KILL_SWITCH)
 
 
-def test_a_square_off_job_does_not_survive_its_day():
+def test_no_flatten_job_survives_its_trading_day():
+    """EXIT intents created on an earlier trading day are never sent: a new day drops every job, loudly."""
     c = core()
     c.roll(at(WED, 15, 15))
     c.add_job(FlattenJob(exchange="NFO", products=("MIS",), reason="SQUARE_OFF", started_at=R._iso(at(WED, 15, 15))))
     c.add_job(FlattenJob(reason="MANUAL", started_at=R._iso(at(WED, 15, 16))))
-    c.roll(at(THU, 9))
-    assert [j.reason for j in c.jobs] == ["MANUAL"]
+    c.roll(at(WED, 15, 30))
+    kept = [j.reason for j in c.jobs]
+    assert "MANUAL" in kept  # same day: kept
+    events = c.roll(at(THU, 9))
+    assert c.jobs == [] and "FLATTEN_EXPIRED" in [e.kind for e in events]
 
 
 def test_limits_from_config():
