@@ -296,8 +296,9 @@ class StoreActor(SupervisedActor):
                         symbol=o.symbol, from_status=change.from_status, to_status=change.to_status,
                         tag=change.tag, filled_qty=o.filled_qty, avg_price=o.avg_price,
                         broker_order_id=o.broker_order_id).info(
-                "order {} {} -> {}{}{}", o.command_id, change.from_status or "-", change.to_status,
-                f" [{change.tag}]" if change.tag else "",
+                "order {} {}{}{}", o.command_id,
+                f"{change.from_status or '-'} -> {change.to_status}" if change.from_status != change.to_status
+                else f"{change.to_status} updated", f" [{change.tag}]" if change.tag else "",
                 f" broker_id={o.broker_order_id} filled={o.filled_qty}" if o.broker_order_id else "")
             for name in self.subscribers:
                 self.registry.tell(name, change)

@@ -129,8 +129,10 @@ def format_event_line(data: dict) -> str:
     if event == "order":
         tag = f" [{data['tag']}]" if data.get("tag") else ""
         fill = f" filled={data.get('filled_qty')}@{data.get('avg_price')}" if data.get("filled_qty") else ""
-        return (f"{at} ORDER {data.get('command_id')} {data.get('strategy')} {data.get('symbol')} "
-                f"{data.get('from_status') or '-'} -> {data.get('to_status')}{tag}{fill}")
+        moved = data.get("from_status") != data.get("to_status")
+        what = (f"{data.get('from_status') or '-'} -> {data.get('to_status')}" if moved
+                else f"{data.get('to_status')} broker_id={data.get('broker_order_id')}")
+        return f"{at} ORDER {data.get('command_id')} {data.get('strategy')} {data.get('symbol')} {what}{tag}{fill}"
     if event == "alert":
         return (f"{at} ALERT {data.get('alert_id') or '-'} {data.get('strategy') or ''} {data.get('outcome')} "
                 f"({data.get('http_status')})")
