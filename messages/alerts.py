@@ -31,6 +31,10 @@ def lower_keys(value: Any) -> Any:
     return value
 
 
+def _upper_or_none(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) and value.strip() else None
+
+
 def _alias(table: dict[str, str], what: str):
     def parse(value: Any) -> str:
         if not isinstance(value, str):
@@ -98,10 +102,7 @@ class WebhookLeg(_Frozen):
     def _price_default(cls, v: float | None) -> float:
         return 0.0 if v is None else v
 
-    @field_validator("exchange", mode="before")
-    @classmethod
-    def _exchange(cls, v: Any) -> Any:
-        return v.strip().upper() if isinstance(v, str) and v.strip() else None
+    _exchange = field_validator("exchange", mode="before")(lambda v: _upper_or_none(v))
 
 
 class WebhookAlert(_Frozen):
@@ -133,7 +134,4 @@ class WebhookAlert(_Frozen):
             return None
         return v
 
-    @field_validator("exchange", mode="before")
-    @classmethod
-    def _exchange(cls, v: Any) -> Any:
-        return v.strip().upper() if isinstance(v, str) and v.strip() else None
+    _exchange = field_validator("exchange", mode="before")(lambda v: _upper_or_none(v))

@@ -9,8 +9,8 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
-class NewOrder(_Frozen):
-    """One leg to register. status is CREATED, or FAILED with a VALIDATION_FAILED tag."""
+class OrderFields(_Frozen):
+    """What an order is, as the trader's intent: common to a leg being registered and a row read back."""
 
     command_id: str
     alert_id: str
@@ -26,29 +26,20 @@ class NewOrder(_Frozen):
     order_type: str
     price: float = 0.0
     trigger_price: float | None = None
-    status: str = "CREATED"
-    tag: str | None = None
     leg_index: int = 0
     parent_command_id: str | None = None
 
 
-class OrderSnapshot(_Frozen):
+class NewOrder(OrderFields):
+    """One leg to register. status is CREATED, or FAILED with a VALIDATION_FAILED tag."""
+
+    status: str = "CREATED"
+    tag: str | None = None
+
+
+class OrderSnapshot(OrderFields):
     """An `orders` row as read back after a write (JSON field names = column names)."""
 
-    command_id: str
-    alert_id: str
-    client_id: str
-    source: str
-    strategy_name: str
-    execution_type: str
-    exchange: str
-    symbol: str
-    side: str
-    quantity: int
-    product: str
-    order_type: str
-    price: float
-    trigger_price: float | None
     status: str
     tag: str | None
     broker_order_id: str | None
@@ -56,8 +47,6 @@ class OrderSnapshot(_Frozen):
     avg_price: float | None
     created_at: str
     updated_at: str
-    leg_index: int = 0
-    parent_command_id: str | None = None
 
     @property
     def signed_fill(self) -> int:
