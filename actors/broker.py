@@ -4,21 +4,38 @@ Step 3: CREATED -> SENT_TO_BROKER is committed (compare-and-set through StoreAct
 only the winner sends, so an order is sent at most once. Step 4: PlaceOrder with remarks = command_id.
 Step 5: Ok -> broker_order_id stored; Not_Ok -> FAILED BROKER_REJECTED:<emsg>; timeout or broken connection ->
 unknown outcome: the order stays SENT_TO_BROKER and is never resent (the watcher resolves it).
+
+Market protection: the live broker refuses MKT and SL-MKT from API clients, so (with `broker.market_protection`)
+a MARKET leg goes out as LMT at the last price +/- a band by instrument kind, and an SL-M leg as SL-LMT at its
+trigger +/- the band, rounded to the tick (`protected_limit`). The last price comes from a GetQuotes made for
+that very order; the instrument's token, tick and lot come from SearchScrip and are cached for the trading day.
+Whether the order can be priced is decided BEFORE the SENT_TO_BROKER claim: a leg without a price ends
+`FAILED SEND_FAILED:NO_QUOTE` (or `NO_TICK_SIZE`) straight from CREATED, and nothing reaches the broker.
+The order row keeps the intent (MARKET, price 0); the price actually sent is in the SENT_TO_BROKER event detail.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 from loguru import logger
 
 from actors.base import SupervisedActor
+from actors.instruments import (
+    freeze_table,
+    instrument_kind,
+)
 
 from messages.commands import (
     BrokerOrderReport,
     CancelOrder,
+    InstrumentInfo,
+    InstrumentQuery,
     SendOrder,
     SetBrokerOrderId,
     TransitionOrder,
@@ -35,15 +52,120 @@ PRODUCTS = {"NRML": "M", "MIS": "I", "CNC": "C"}
 PRICE_TYPES = {"MARKET": "MKT", "LIMIT": "LMT", "SL": "SL-LMT", "SL-M": "SL-MKT"}
 
 
-def to_place_request(order: OrderSnapshot) -> PlaceOrderRequest:
+def to_place_request(order: OrderSnapshot, limit: float | None = None) -> PlaceOrderRequest:
+    """The PlaceOrder request of a leg. `limit`: the market-protection price of a MARKET / SL-M leg, which then
+    goes out as LMT / SL-LMT at that price (None: MKT / SL-MKT as the intent says)."""
     market = order.order_type in ("MARKET", "SL-M")
+    protected = market and limit is not None
+    prctyp = PRICE_TYPES[order.order_type]
+    if protected:
+        prctyp = "LMT" if order.order_type == "MARKET" else "SL-LMT"
     return PlaceOrderRequest(
         exch=order.exchange, tsym=order.symbol, qty=order.quantity,
-        prc=0.0 if market else order.price,
+        prc=limit if protected else (0.0 if market else order.price),
         trgprc=order.trigger_price if order.order_type in ("SL", "SL-M") else None,
-        prd=PRODUCTS[order.product], trantype=SIDES[order.side], prctyp=PRICE_TYPES[order.order_type],
+        prd=PRODUCTS[order.product], trantype=SIDES[order.side], prctyp=prctyp,
         ret="DAY", remarks=order.command_id,
     )
+
+
+# ---- tick rounding and protected limits (pure) ---------------------------------------------------
+
+IST = timezone(timedelta(hours=5, minutes=30))
+
+
+def _dec(value: float | Decimal) -> Decimal:
+    # Decimal arithmetic on the shortest repr: 201.35 / 0.05 is exactly 4027, not 4026.999999999999.
+    return value if isinstance(value, Decimal) else Decimal(repr(float(value)))
+
+
+def round_to_tick(price: float | Decimal, tick: float, side: str) -> float:
+    """BUY rounds up to the tick, SELL down; never below one tick."""
+    if tick <= 0:
+        raise ValueError(f"tick size must be positive, not {tick!r}")
+    step = _dec(tick)
+    # Rounded to 6 places first: float dust in the input (0.1 + 0.2 = 0.30000000000000004) is not a tick more.
+    # Real prices have at most 4 decimals and ticks are >= 0.0025, so no genuine fraction is that small.
+    ticks = round(_dec(price) / step, 6)
+    n = math.ceil(ticks) if side == "BUY" else math.floor(ticks)
+    return float(max(n, 1) * step)
+
+
+def _band(reference: float, band_pct: float, side: str) -> Decimal:
+    band = _dec(band_pct) / 100
+    return _dec(reference) * (1 + band) if side == "BUY" else _dec(reference) * (1 - band)
+
+
+def protected_limit(side: str, last_price: float, tick: float, band_pct: float, *,
+                    upper: float | None = None, lower: float | None = None) -> float:
+    """The limit price that stands in for a market order: BUY last * (1 + band%) rounded up to the tick,
+    SELL last * (1 - band%) rounded down, never below one tick. `upper` / `lower` (the circuit limits uc / lc
+    of GetQuotes) cap it when given, so the exchange does not refuse the price outright."""
+    if last_price <= 0:
+        raise ValueError(f"last price must be positive, not {last_price!r}")
+    limit = round_to_tick(_band(last_price, band_pct, side), tick, side)
+    if side == "BUY" and upper and upper >= last_price:
+        limit = min(limit, round_to_tick(upper, tick, "SELL"))
+    if side != "BUY" and lower and lower <= last_price:
+        limit = max(limit, round_to_tick(lower, tick, "BUY"))
+    return limit
+
+
+def trading_day(now: float) -> str:
+    return datetime.fromtimestamp(now, IST).strftime("%Y-%m-%d")
+
+
+@dataclass
+class Instrument:
+    """What SearchScrip / GetQuotes told us about one instrument (cached for the trading day)."""
+
+    token: str
+    tick: float | None = None
+    lot: int | None = None
+
+
+class NoPrice(Exception):
+    """A MARKET / SL-M leg cannot be priced for market protection: it must not go out."""
+
+    def __init__(self, tag: str, detail: str):
+        super().__init__(detail)
+        self.tag = tag
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Protection:
+    """How a MARKET / SL-M leg is priced: the band and the facts it was computed from."""
+
+    kind: str
+    band_pct: float
+    tick: float
+    last_price: float | None = None
+    upper: float | None = None
+    lower: float | None = None
+
+    def limit(self, order: OrderSnapshot) -> float:
+        if order.order_type == "SL-M":
+            return round_to_tick(_band(order.trigger_price, self.band_pct, order.side), self.tick, order.side)
+        return protected_limit(order.side, self.last_price, self.tick, self.band_pct, upper=self.upper,
+                               lower=self.lower)
+
+    def describe(self, order: OrderSnapshot, limit: float) -> str:
+        pct = f"{self.band_pct:g}%"
+        if order.order_type == "SL-M":
+            return (f"SL-LMT {_price(limit)} trigger {_price(order.trigger_price)} (SL-M protected {pct} "
+                    f"{self.kind}, tick {self.tick:g})")
+        return (f"LMT {_price(limit)} (MARKET protected {pct} {self.kind}, last {_price(self.last_price)}, "
+                f"tick {self.tick:g})")
+
+
+def _price(value: float | None) -> str:
+    """201.4 -> "201.40", 82.0025 -> "82.0025"."""
+    if value is None:
+        return "?"
+    text = f"{value:.4f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"
 
 
 @dataclass
@@ -69,6 +191,10 @@ class RateLimiter:
         self.sent.append(now)
 
 
+def _no_price_tag(order: OrderSnapshot) -> str:
+    return "SEND_FAILED:NO_TICK_SIZE" if order.order_type == "SL-M" else "SEND_FAILED:NO_QUOTE"
+
+
 def broker_reason(emsg: str) -> str:
     return " ".join((emsg or "UNKNOWN").split())[:200]
 
@@ -87,6 +213,10 @@ class BrokerActor(SupervisedActor):
         self.limiter = RateLimiter(b.orders_per_second, b.orders_per_minute)
         self.ws = None
         self.logged_in = False
+        # (exch, tsym) -> Instrument from SearchScrip; lot sizes change with the series, so per trading day.
+        self.instruments: dict[tuple[str, str], Instrument] = {}
+        self.instruments_day: str | None = None
+        self.freeze = freeze_table(b.freeze_qty)
 
     # ---- session --------------------------------------------------------------------------------
 
@@ -143,6 +273,10 @@ class BrokerActor(SupervisedActor):
             return None
         if isinstance(message, CancelOrder):
             return self.cancel(message)
+        if isinstance(message, InstrumentQuery):
+            return self.instrument_info(message)
+        if message == "freeze_table":
+            return dict(self.freeze)
         if message == "reader":
             return self.client.fork()
         if message == "relogin":
@@ -175,6 +309,104 @@ class BrokerActor(SupervisedActor):
                 return False
         return False
 
+    # ---- instruments and quotes (market protection, lot sizes for the guard's freeze split) ------------
+
+    def _read(self, what: str, call):
+        """A broker read (SearchScrip, GetQuotes): re-login on Session Expired, retry a failed read within
+        `max_send_attempts` (a read is safe to repeat). Raises the last BrokerError."""
+        attempts = self.config.broker.max_send_attempts
+        for attempt in range(1, attempts + 1):
+            if not self.logged_in and not self.login():
+                if attempt == attempts:
+                    raise NotSent(f"{what}: no broker session")
+                time.sleep(min(0.2 * attempt, 1.0))
+                continue
+            try:
+                return call()
+            except SessionExpired:
+                self.logged_in = False
+                if attempt == attempts:
+                    raise
+            except BrokerRejected:
+                raise  # the broker's answer; asking again gives the same
+            except BrokerError as exc:
+                logger.warning("{} failed (attempt {}/{}): {}", what, attempt, attempts, exc)
+                if attempt == attempts:
+                    raise
+                time.sleep(min(0.1 * attempt, 0.5))
+        raise NotSent(f"{what}: no attempt left")
+
+    def instrument(self, exch: str, tsym: str) -> Instrument | None:
+        """Token, tick and lot of an instrument: SearchScrip (exact tsym) once per trading day, then cached.
+        None when the broker does not know the symbol (not cached: asked again next time)."""
+        day = trading_day(time.time())
+        if self.instruments_day != day:
+            self.instruments, self.instruments_day = {}, day
+        key = (exch, tsym)
+        found = self.instruments.get(key)
+        if found is not None:
+            return found
+        rows = self._read(f"SearchScrip {exch} {tsym}", lambda: self.client.search_scrip(exch, tsym))
+        exact = [r for r in rows if (r.tsym or "").strip().upper() == tsym.strip().upper() and r.token]
+        if not exact:
+            logger.warning("SearchScrip {} {}: no instrument with exactly this symbol ({} results)", exch, tsym,
+                           len(rows))
+            return None
+        row = exact[0]
+        found = Instrument(token=str(row.token), tick=row.ti if row.ti and row.ti > 0 else None,
+                           lot=row.ls if row.ls and row.ls > 0 else None)
+        self.instruments[key] = found
+        return found
+
+    def instrument_info(self, query: InstrumentQuery) -> InstrumentInfo:
+        kind = instrument_kind(query.exchange, query.symbol)
+        try:
+            found = self.instrument(query.exchange, query.symbol)
+        except Exception as exc:  # noqa: BLE001 - an unknown lot is the asker's fallback, never a crash here
+            logger.warning("instrument look-up {} {} failed: {}", query.exchange, query.symbol, exc)
+            found = None
+        if found is None:
+            return InstrumentInfo(exchange=query.exchange, symbol=query.symbol, kind=kind, found=False)
+        return InstrumentInfo(exchange=query.exchange, symbol=query.symbol, kind=kind, found=True,
+                              token=found.token, lot_size=found.lot, tick_size=found.tick)
+
+    def protection(self, order: OrderSnapshot) -> Protection | None:
+        """How to price a MARKET / SL-M leg under market protection (None: it goes out as it is).
+
+        MARKET needs a last price: a GetQuotes made now, for this order (a quote even a few seconds old can
+        put the limit on the wrong side of a fast market, and one read per market order is cheap next to the
+        order itself). SL-M needs only the tick. Raises NoPrice when either is missing."""
+        b = self.config.broker
+        if not b.market_protection or order.order_type not in ("MARKET", "SL-M"):
+            return None
+        kind = instrument_kind(order.exchange, order.symbol)
+        band = b.market_protection_pct[kind]
+        try:
+            inst = self.instrument(order.exchange, order.symbol)
+        except BrokerError as exc:
+            raise NoPrice(_no_price_tag(order), f"SearchScrip {order.exchange} {order.symbol} failed: {exc}") from None
+        if inst is None:
+            raise NoPrice(_no_price_tag(order), f"the broker knows no instrument {order.exchange} {order.symbol}")
+        if order.order_type == "SL-M" and inst.tick:
+            return Protection(kind=kind, band_pct=band, tick=inst.tick)
+        try:
+            quote = self._read(f"GetQuotes {order.exchange} {order.symbol}",
+                               lambda: self.client.get_quotes(order.exchange, inst.token))
+        except BrokerError as exc:
+            raise NoPrice(_no_price_tag(order), f"GetQuotes {order.exchange} {order.symbol} failed: {exc}") from None
+        tick = quote.ti if quote.ti and quote.ti > 0 else inst.tick
+        if quote.ls and quote.ls > 0:
+            inst.lot = quote.ls
+        if not tick:
+            raise NoPrice("SEND_FAILED:NO_TICK_SIZE", f"no tick size for {order.exchange} {order.symbol}")
+        inst.tick = tick
+        if order.order_type == "SL-M":
+            return Protection(kind=kind, band_pct=band, tick=tick)
+        if not quote.lp or quote.lp <= 0:
+            raise NoPrice("SEND_FAILED:NO_QUOTE", f"GetQuotes {order.exchange} {order.symbol} has no last price")
+        return Protection(kind=kind, band_pct=band, tick=tick, last_price=quote.lp, upper=quote.uc,
+                          lower=quote.lc)
+
     def _fail(self, order: OrderSnapshot, tag: str, detail: str | None = None) -> None:
         self.registry.tell("store", TransitionOrder(command_id=order.command_id, to_status="FAILED",
                                                     expect_from=("SENT_TO_BROKER",), tag=tag, detail=detail))
@@ -183,10 +415,30 @@ class BrokerActor(SupervisedActor):
         wait = self.limiter.delay(time.monotonic())
         if wait > 0:
             time.sleep(wait)  # the broker's and SEBI's order-rate limits; only this actor waits
+        # Market protection is decided before the claim: an order that cannot be priced never becomes
+        # SENT_TO_BROKER, so nothing is left ambiguous and nothing goes out as MKT by accident.
+        detail = "sending PlaceOrder"
+        row = Order.get_or_none(Order.command_id == order.command_id)
+        if row is not None and row.status != "CREATED":
+            logger.warning("order {} not sent: it is {} already", order.command_id, row.status)
+            return  # a repeated SendOrder: no look-ups for an order the claim would refuse anyway
+        try:
+            protection = self.protection(order)
+            if protection is not None:
+                detail = f"sending PlaceOrder {protection.describe(order, protection.limit(order))}"
+        except Exception as exc:  # noqa: BLE001 - NoPrice, or anything unexpected: the order is not sent
+            tag = exc.tag if isinstance(exc, NoPrice) else _no_price_tag(order)
+            reason = exc.detail if isinstance(exc, NoPrice) else f"pricing failed: {exc!r}"
+            logger.error("order {} ({} {} {}) not sent: {} [{}]", order.command_id, order.order_type, order.side,
+                         order.symbol, reason, tag)
+            self.registry.tell("store", TransitionOrder(
+                command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",), tag=tag,
+                detail=f"market protection: {reason}"[:300]))
+            return
         try:
             claim: TransitionResult = self.registry.ask("store", TransitionOrder(
                 command_id=order.command_id, to_status="SENT_TO_BROKER", expect_from=("CREATED",),
-                detail="sending PlaceOrder"), timeout=10)
+                detail=detail), timeout=10)
         except Exception as exc:  # noqa: BLE001 - no durable claim, no send (never "send anyway")
             logger.error("could not commit SENT_TO_BROKER for {} ({!r}); the order is NOT sent", order.command_id,
                          exc)
@@ -197,7 +449,8 @@ class BrokerActor(SupervisedActor):
         if not claim.applied:
             logger.warning("order {} not sent: {}", order.command_id, claim.reason)
             return
-        request = to_place_request(claim.order or order)
+        current = claim.order or order
+        request = to_place_request(current, protection.limit(current) if protection is not None else None)
         attempts = self.config.broker.max_send_attempts
         for attempt in range(1, attempts + 1):
             if not self.logged_in and not self.login():

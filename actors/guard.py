@@ -1,8 +1,13 @@
-"""GuardActor: steps 2B (position guard) and 2C (duplicate guard), and EXIT resolution.
+"""GuardActor: steps 2B (position guard) and 2C (duplicate guard), EXIT resolution and the freeze split.
 
 `GuardBook` is the pure core: a per-strategy, direction-aware position ledger built from our own fills, and
 the set of our orders in flight. Because one actor's mailbox serializes every check, fifty identical alerts
 arriving at once produce exactly one order — no locks.
+
+Freeze split: a leg above its instrument's freeze quantity (known only here for an EXIT, once resolved) is
+split by StoreActor, in one transaction, into child orders of whole lots (`split_quantities`), each its own row
+linked by `parent_command_id`, sent and reconciled on its own. The children share the alert_id, so the
+duplicate check never blocks one with another.
 """
 
 from __future__ import annotations
@@ -14,13 +19,41 @@ from loguru import logger
 
 from actors.base import SupervisedActor
 
-from messages.commands import AmendExitLeg, CancelOrder, Notify, PositionsSnapshot, RiskCleared, SendOrder, TransitionOrder, TransitionResult
+from actors.instruments import freeze_qty, freeze_table, lot_size_fallback, underlying
+from actors.store import has_children, split_family
+from messages.commands import (
+    AmendExitLeg,
+    CancelOrder,
+    InstrumentInfo,
+    InstrumentQuery,
+    Notify,
+    PositionsSnapshot,
+    RiskCleared,
+    SendOrder,
+    SplitLeg,
+    SplitResult,
+    TransitionOrder,
+    TransitionResult,
+)
 from messages.orders import OrderChanged, OrderSnapshot
 from storage import transitions as T
 from storage.models import Order
 
 PositionKey = tuple[str, str, str, str]  # strategy, exchange, symbol, product
 BROKER_PRODUCTS = {"M": "NRML", "I": "MIS", "C": "CNC"}
+
+
+def split_quantities(quantity: int, freeze: int | None, lot: int | None = None) -> tuple[int, ...]:
+    """Chunks of at most `freeze` units, each the largest whole number of lots <= freeze; the remainder last.
+
+    4000 NIFTY (freeze 1800, lot 65): 1755 + 1755 + 490. No freeze, or quantity <= freeze: one chunk. A lot
+    larger than the freeze quantity (a misconfiguration) falls back to chunks of exactly the freeze quantity."""
+    if not freeze or freeze <= 0 or quantity <= freeze:
+        return (quantity,)
+    step = lot if lot and lot > 0 else 1
+    chunk = (freeze // step) * step or freeze
+    full, rest = divmod(quantity, chunk)
+    return (chunk,) * full + ((rest,) if rest else ())
 
 
 @dataclass(frozen=True)
@@ -162,6 +195,7 @@ class GuardActor(SupervisedActor):
         self.book = GuardBook()
         self.suspect: dict = {}  # mismatches seen once; reported when seen twice in a row
         self.reported: dict = {}
+        self.freeze: dict[str, int] | None = None  # the broker's freeze table (built-in + [broker] freeze_qty)
 
     def on_start(self):
         self.book = GuardBook.from_database()
@@ -217,9 +251,87 @@ class GuardActor(SupervisedActor):
             result: TransitionResult = self.registry.ask("store", AmendExitLeg(
                 command_id=order.command_id, side=decision.side, quantity=decision.quantity,
                 product=decision.product))
+            if result.reason == "ALREADY_SPLIT":
+                logger.warning("exit leg {} was already resolved and split (a retried check): sending what is "
+                               "still CREATED", order.command_id)
+                self._send(self._resume_split(order.command_id))
+                return
             if not result.applied or result.order is None:
                 logger.warning("exit leg {} could not be resolved (no longer CREATED)", order.command_id)
                 return
             order = result.order
-        self.book.admit(order)
-        self.registry.tell("broker", SendOrder(order=order))
+        self._send(self._split(order))
+
+    def _send(self, orders: tuple[OrderSnapshot, ...]) -> None:
+        for order in orders:
+            self.book.admit(order)
+        for order in orders:
+            self.registry.tell("broker", SendOrder(order=order))
+
+    # ---- the freeze split -------------------------------------------------------------------------
+
+    def _freeze_table(self) -> dict[str, int]:
+        if self.freeze is None:
+            try:
+                self.freeze = self.registry.ask("broker", "freeze_table", timeout=5)
+            except Exception as exc:  # noqa: BLE001 - the built-in table until the broker answers
+                logger.warning("guard: no freeze table from the broker ({!r}); using the built-in one", exc)
+                return freeze_table()
+        return self.freeze
+
+    def _lot(self, order: OrderSnapshot) -> int | None:
+        """The broker's lot size (SearchScrip, cached by BrokerActor), else the built-in table."""
+        try:
+            info: InstrumentInfo = self.registry.ask("broker", InstrumentQuery(exchange=order.exchange,
+                                                                               symbol=order.symbol), timeout=10)
+            if info.lot_size:
+                return info.lot_size
+        except Exception as exc:  # noqa: BLE001 - fall back to the table
+            logger.warning("guard: lot size of {} {} unknown to the broker ({!r})", order.exchange, order.symbol,
+                           exc)
+        return lot_size_fallback(order.exchange, order.symbol)
+
+    def _split(self, order: OrderSnapshot) -> tuple[OrderSnapshot, ...]:
+        """The orders to send for this leg: itself, or itself and its children when above the freeze qty."""
+        if order.parent_command_id or underlying(order.exchange, order.symbol) is None:
+            return (order,)  # a child is at most one freeze quantity; equities have none
+        limit = freeze_qty(order.exchange, order.symbol, self._freeze_table())
+        if limit is None or order.quantity <= limit:
+            return (order,)
+        lot = self._lot(order)
+        quantities = split_quantities(order.quantity, limit, lot)
+        try:
+            result: SplitResult = self.registry.ask("store", SplitLeg(command_id=order.command_id,
+                                                                      quantities=quantities), timeout=10)
+        except Exception as exc:  # noqa: BLE001 - whatever the store did, read it back
+            logger.error("split of {} not confirmed ({!r}); reading back what the store has", order.command_id, exc)
+            return self._resume_split(order.command_id)
+        if result.applied:
+            logger.info("{} {} {} {} above the freeze quantity {} (lot {}): sent as {}", order.command_id,
+                        order.side, order.quantity, order.symbol, limit, lot,
+                        " + ".join(f"{o.quantity} ({o.command_id})" for o in result.orders))
+            return result.orders
+        if result.reason == "ALREADY_SPLIT":
+            logger.warning("{} was already split (a retried check): sending what is still CREATED",
+                           order.command_id)
+            return result.orders
+        if result.reason == "QUANTITIES_DO_NOT_ADD_UP":
+            logger.error("split of {} refused: the row's quantity is not {} any more", order.command_id,
+                         order.quantity)
+            self._block(order, "GUARD_BLOCKED:SPLIT_FAILED")
+            return ()
+        logger.warning("split of {} not applied: {}", order.command_id, result.reason)
+        return ()
+
+    def _resume_split(self, command_id: str) -> tuple[OrderSnapshot, ...]:
+        try:
+            self.registry.ask("store", "sync", timeout=30)  # every earlier write applied
+        except Exception as exc:  # noqa: BLE001
+            logger.error("store not answering ({!r}); {} left for restart recovery", exc, command_id)
+            return ()
+        family = split_family(command_id)
+        if has_children(command_id):
+            return family  # split: the parent and the children that are still CREATED
+        if family:  # never split and still CREATED: it is above the freeze quantity, do not send it whole
+            self._block(family[0], "GUARD_BLOCKED:SPLIT_FAILED")
+        return ()

@@ -53,6 +53,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
+
+from actors.instruments import lot_size_fallback as instrument_lot_size
 from urllib.parse import urlparse
 
 from messages.orders import OrderSnapshot
@@ -78,10 +80,6 @@ SESSIONS: dict[str, tuple[time, time]] = {
 }
 PNL_DAY_START = time(9, 0)  # with trading hours enforced, earlier PnL reads belong to the previous session
 
-# Fallback lot sizes when the broker does not tell us (`ls` of PositionBook / SearchScrip / GetQuotes).
-LOT_SIZES = {"NIFTY": 65, "BANKNIFTY": 30, "FINNIFTY": 65, "SENSEX": 20}
-DERIVATIVE_EXCHANGES = frozenset({"NFO", "BFO", "MCX", "CDS"})
-_DERIVATIVE = re.compile(r"^(?P<name>[A-Z&-]+?)(?P<expiry>\d{2}[A-Z]{3}\d{2})(?:[CP]\d+(?:\.\d+)?|F)$")
 
 PRODUCTS = {"M": "NRML", "I": "MIS", "C": "CNC", "NRML": "NRML", "MIS": "MIS", "CNC": "CNC"}
 INTRADAY_PRODUCTS = ("NRML", "MIS")  # flattened on a breach; CNC (delivery) is never touched
@@ -213,11 +211,8 @@ def warning_floor(max_daily_loss: float, trail_step: float, peak: float, warning
 # ---- per-order facts ------------------------------------------------------------------------------
 
 def lot_size_fallback(exchange: str, symbol: str) -> int:
-    """Built-in table for index derivatives (NIFTY 65, BANKNIFTY 30, FINNIFTY 65, SENSEX 20), else 1."""
-    if exchange not in DERIVATIVE_EXCHANGES:
-        return 1
-    match = _DERIVATIVE.match(symbol.upper())
-    return LOT_SIZES.get(match.group("name") if match else symbol.upper(), 1)
+    """The shared built-in table of index-derivative lot sizes (actors/instruments.py), else 1."""
+    return instrument_lot_size(exchange, symbol) or 1
 
 
 def lots(quantity: int, lot_size: int) -> int:

@@ -8,6 +8,7 @@ compare-and-set in SQL as well, so even a second process on the same file could 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Iterable
 
 from loguru import logger
@@ -23,6 +24,8 @@ from messages.commands import (
     RegisterResult,
     ReportResult,
     SetBrokerOrderId,
+    SplitLeg,
+    SplitResult,
     Subscribe,
     TransitionOrder,
     TransitionResult,
@@ -32,8 +35,37 @@ from storage import transitions as T
 from storage.models import Alert, ExternalOrder, Order, OrderEvent, utc_now
 
 
+def new_command_id() -> str:
+    """The same shape as ingress's: 20 characters, globally unique; travels to the broker as `remarks`."""
+    return "oms" + uuid.uuid4().hex[:17]
+
+
 def snapshot(row: Order) -> OrderSnapshot:
     return OrderSnapshot.model_validate(row.__data__, from_attributes=False)
+
+
+def _children(command_id: str, alert_id: str):
+    # Children share the parent's alert_id: the alert_id index keeps this from scanning the whole table.
+    return Order.select().where((Order.alert_id == alert_id) & (Order.parent_command_id == command_id))
+
+
+def has_children(command_id: str) -> bool:
+    """A read: has this order been split at the freeze quantity?"""
+    row = Order.get_or_none(Order.command_id == command_id)
+    return row is not None and _children(command_id, row.alert_id).exists()
+
+
+def split_family(command_id: str) -> tuple[OrderSnapshot, ...]:
+    """A read: the order and its split children that are still CREATED, parent first, then in leg order."""
+    parent = Order.get_or_none(Order.command_id == command_id)
+    if parent is None:
+        return ()
+    rows = (Order.select()
+            .where((Order.alert_id == parent.alert_id)
+                   & ((Order.command_id == command_id) | (Order.parent_command_id == command_id))
+                   & (Order.status == T.CREATED))
+            .order_by(Order.leg_index, Order.id))
+    return tuple(sorted((snapshot(r) for r in rows), key=lambda o: o.command_id != command_id))
 
 
 def _order_response(orders: Iterable[OrderSnapshot]) -> list[dict]:
@@ -165,6 +197,10 @@ class OrderStore:
 
     def amend_exit_leg(self, msg: AmendExitLeg) -> TransitionResult:
         with self.db.atomic():
+            row = Order.get_or_none(Order.command_id == msg.command_id)
+            if row is not None and _children(row.command_id, row.alert_id).exists():
+                # Already split (a retried guard check): its quantity is the first chunk now, never the whole.
+                return TransitionResult(applied=False, order=snapshot(row), reason="ALREADY_SPLIT")
             n = (
                 Order.update(side=msg.side, quantity=msg.quantity, product=msg.product, updated_at=utc_now())
                 .where((Order.command_id == msg.command_id) & (Order.status == T.CREATED))
@@ -172,6 +208,50 @@ class OrderStore:
             )
             row = Order.get_or_none(Order.command_id == msg.command_id)
         return TransitionResult(applied=n == 1, order=snapshot(row) if row else None)
+
+    def split_leg(self, msg: SplitLeg) -> tuple[SplitResult, list[OrderChanged]]:
+        """One transaction: the CREATED row keeps quantities[0], the others become CREATED child rows."""
+        quantities = tuple(msg.quantities)
+        with self.db.atomic():
+            row = Order.get_or_none(Order.command_id == msg.command_id)
+            if row is None:
+                return SplitResult(applied=False, reason="UNKNOWN_ORDER"), []
+            if _children(row.command_id, row.alert_id).exists():
+                return SplitResult(applied=False, orders=split_family(msg.command_id),
+                                   reason="ALREADY_SPLIT"), []
+            if row.parent_command_id:
+                return SplitResult(applied=False, orders=(snapshot(row),), reason="IS_A_CHILD"), []
+            if row.status != T.CREATED:
+                return SplitResult(applied=False, orders=(snapshot(row),), reason=f"STATUS_IS_{row.status}"), []
+            if len(quantities) < 2 or any(q <= 0 for q in quantities) or sum(quantities) != row.quantity:
+                return SplitResult(applied=False, orders=(snapshot(row),), reason="QUANTITIES_DO_NOT_ADD_UP"), []
+            now = utc_now()
+            n = (Order.update(quantity=quantities[0], updated_at=now)
+                 .where((Order.command_id == row.command_id) & (Order.status == T.CREATED)).execute())
+            if n != 1:
+                return SplitResult(applied=False, reason="CONCURRENT_UPDATE"), []
+            previous = row.quantity
+            row.quantity, row.updated_at = quantities[0], now
+            parent = snapshot(row)
+            last_index = (Order.select(Order.leg_index).where(Order.alert_id == row.alert_id)
+                          .order_by(Order.leg_index.desc()).scalar()) or 0
+            base = {k: v for k, v in row.__data__.items() if k != "id"}
+            detail = f"split from {row.command_id}"
+            children = []
+            for offset, quantity in enumerate(quantities[1:], start=1):
+                data = dict(base, command_id=new_command_id(), quantity=quantity, status=T.CREATED, tag=None,
+                            broker_order_id=None, filled_qty=0, avg_price=None, created_at=now, updated_at=now,
+                            leg_index=last_index + offset, parent_command_id=row.command_id)
+                Order.insert(**data).execute()
+                OrderEvent.create(command_id=data["command_id"], from_status=None, to_status=T.CREATED, tag=None,
+                                  detail=detail, at=now)
+                children.append(OrderSnapshot.model_validate(data))
+        logger.info("order {} split at the freeze quantity: {} -> {} (children {})", row.command_id, previous,
+                    "+".join(str(q) for q in quantities), ", ".join(c.command_id for c in children))
+        changes = [OrderChanged(order=parent, from_status=T.CREATED, to_status=T.CREATED,
+                                detail=f"split into {'+'.join(str(q) for q in quantities)}")]
+        changes += [OrderChanged(order=c, from_status=None, to_status=T.CREATED, detail=detail) for c in children]
+        return SplitResult(applied=True, orders=(parent, *children)), changes
 
     def find_for_report(self, report: BrokerOrderReport) -> Order | None:
         if report.remarks:
@@ -262,6 +342,10 @@ class StoreActor(SupervisedActor):
             return None
         if isinstance(message, AmendExitLeg):
             return self.store.amend_exit_leg(message)
+        if isinstance(message, SplitLeg):
+            result, changes = self.store.split_leg(message)
+            self._publish(changes)
+            return result
         if isinstance(message, RecordAlert):
             self.store.record_alert(message)
             logger.bind(event="alert", alert_id=message.alert_id, outcome=message.outcome,

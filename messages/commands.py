@@ -71,6 +71,26 @@ class AmendExitLeg(_Frozen):
     product: str
 
 
+class SplitLeg(_Frozen):
+    """Guard -> Store (ask): split a CREATED leg above the freeze quantity into child orders, in one transaction.
+
+    The row keeps `quantities[0]`; every further quantity becomes a new CREATED row (new command_id, same
+    alert and order fields, `parent_command_id` = this command_id). `sum(quantities)` must equal the row's
+    quantity, so a repeated or stale request is refused instead of applied twice."""
+
+    command_id: str
+    quantities: tuple[int, ...]
+
+
+class SplitResult(_Frozen):
+    """applied: the parent (first) and its new children. ALREADY_SPLIT: not applied, and `orders` holds the
+    parent and its children that are still CREATED (a retried check picks up where the first stopped)."""
+
+    applied: bool
+    orders: tuple[OrderSnapshot, ...] = ()
+    reason: str | None = None
+
+
 class TransitionResult(_Frozen):
     applied: bool
     order: OrderSnapshot | None = None
@@ -124,6 +144,23 @@ class SendOrder(_Frozen):
     """Guard -> Broker: a leg that passed every blocker."""
 
     order: OrderSnapshot
+
+
+class InstrumentQuery(_Frozen):
+    """-> Broker (ask): what the broker knows of an instrument (SearchScrip, cached for the trading day)."""
+
+    exchange: str
+    symbol: str
+
+
+class InstrumentInfo(_Frozen):
+    exchange: str
+    symbol: str
+    kind: str  # option | future | equity
+    found: bool
+    token: str | None = None
+    lot_size: int | None = None
+    tick_size: float | None = None
 
 
 class CancelOrder(_Frozen):

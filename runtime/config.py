@@ -72,6 +72,35 @@ class BrokerConfig(_Section):
     # Unknown-outcome orders: how long to look for them in the OrderBook before LOST_IN_FLIGHT.
     lost_grace_s: float = Field(30.0, gt=0)
     lost_min_lookups: int = Field(3, ge=1)
+    # Market protection: the live broker refuses MKT / SL-MKT from API clients. On: MARKET goes out as LMT at
+    # the last price (GetQuotes, per order) +/- the band of its kind, SL-M as SL-LMT at trigger +/- the band,
+    # rounded to the tick (BUY up, SELL down). Off: MKT / SL-MKT as they are (brokers that accept them).
+    market_protection: bool = True
+    # Percent by instrument kind; a kind left out keeps its default.
+    market_protection_pct: dict[str, float] = {"option": 5.0, "future": 1.0, "equity": 1.0}
+    # Exchange freeze quantity (units) by underlying, over the built-in table (actors/broker.py FREEZE_QTY:
+    # NIFTY 1800, BANKNIFTY 900, FINNIFTY 1800, MIDCPNIFTY 2800, NIFTYNXT50 600, SENSEX 1000, BANKEX 900).
+    # A leg above it is split into child orders of at most that size (whole lots); 0: never split.
+    freeze_qty: dict[str, int] = {}
+
+    @field_validator("market_protection_pct")
+    @classmethod
+    def _protection_bands(cls, value: dict[str, float]) -> dict[str, float]:
+        kinds = ("option", "future", "equity")
+        for kind, pct in value.items():
+            if kind not in kinds:
+                raise ValueError(f"unknown instrument kind {kind!r}; expected one of {', '.join(kinds)}")
+            if not 0 <= pct < 100:
+                raise ValueError(f"{kind} = {pct!r}: a percentage from 0 to below 100")
+        return {"option": 5.0, "future": 1.0, "equity": 1.0, **value}
+
+    @field_validator("freeze_qty")
+    @classmethod
+    def _freeze_qty(cls, value: dict[str, int]) -> dict[str, int]:
+        for name, qty in value.items():
+            if qty < 0:
+                raise ValueError(f"{name} = {qty!r}: a quantity >= 0 (0: never split)")
+        return {name.strip().upper(): qty for name, qty in value.items()}
 
 
 class PaperConfig(_Section):
@@ -84,8 +113,9 @@ class PaperConfig(_Section):
     seed: int = 7
     # Orders above this quantity fill in several partial fills of at most this size.
     fill_slice_qty: int = Field(1000, gt=0)
-    # Refuse MKT / SL-MKT like the live broker does for API orders.
-    reject_market_orders: bool = False
+    # Refuse MKT / SL-MKT like the live broker does for API orders (the service sends LMT / SL-LMT instead,
+    # see broker.market_protection).
+    reject_market_orders: bool = True
     # Random-walk step as a fraction of price, per tick.
     walk_volatility: float = Field(0.0005, ge=0)
     tick_interval_ms: int = Field(500, gt=0)

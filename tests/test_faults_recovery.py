@@ -45,13 +45,23 @@ FAR_BELOW = 1.0  # option prices on the paper exchange are ~50..500: a BUY LIMIT
 
 
 @pytest.fixture
+def paper(paper_factory):
+    """The exchange accepts raw MKT here (its default refuses them, like the live broker): manual_order places
+    MKT orders, and the service sends MARKET legs as MKT (market protection off in `oms`)."""
+    return paper_factory(reject_market_orders=False)
+
+
+@pytest.fixture
 def oms(make_system):
     """make_system with the periodic PositionBook read off unless a test turns it on: fewer background REST
-    calls (the fault counters count every call) and no risk_state writes behind the tests' backs."""
+    calls (the fault counters count every call) and no risk_state writes behind the tests' backs.
+    Market protection off: its SearchScrip/GetQuotes before each PlaceOrder would meet the faults that these
+    tests aim at PlaceOrder (tests/test_market_protection.py covers it)."""
 
     def make(**kwargs):
         risk = {"pnl_poll_interval_s": NO_TICKS, **kwargs.pop("risk", {})}
-        return make_system(risk=risk, **kwargs)
+        broker = {"market_protection": False, **kwargs.pop("broker", {})}
+        return make_system(risk=risk, broker=broker, **kwargs)
 
     return make
 

@@ -46,7 +46,8 @@ _uids = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def exchange() -> Iterator[paper.PaperExchange]:
-    config = PaperConfig(port=0, fill_delay_ms=20, reject_symbols=[BLOCKED], walk_volatility=0.0)
+    config = PaperConfig(port=0, fill_delay_ms=20, reject_symbols=[BLOCKED], walk_volatility=0.0,
+                         reject_market_orders=False)  # MKT orders are exercised here
     ex = paper.PaperExchange(config, port=0, seed=11)
     ex.start()
     try:

@@ -32,7 +32,8 @@ class Api(NorenApi):
 
 @pytest.fixture(scope="module")
 def exchange():
-    config = PaperConfig(fill_delay_ms=20, reject_symbols=["BLOCKED-EQ"], tick_interval_ms=100)
+    config = PaperConfig(fill_delay_ms=20, reject_symbols=["BLOCKED-EQ"], tick_interval_ms=100,
+                         reject_market_orders=False)  # the official client's MKT orders are exercised here
     with PaperExchange(config, port=0, seed=11) as running:
         yield running
 

@@ -12,7 +12,8 @@ OPT = "NIFTY27MAR26C25700"
 
 
 def make(**overrides) -> Engine:
-    settings = {"fill_delay_ms": 100, "walk_volatility": 0.0, "fill_slice_qty": 1000}
+    # These tests drive MKT / SL-MKT orders: allow them (the default refuses them like the live broker).
+    settings = {"fill_delay_ms": 100, "walk_volatility": 0.0, "fill_slice_qty": 1000, "reject_market_orders": False}
     settings.update(overrides)
     return Engine(PaperConfig(**settings))
 

@@ -182,7 +182,7 @@ def test_entry_market_leg_executes_and_notifies_telegram(make_system, paper, tel
     sent = at_paper(paper, cid)
     assert len(sent) == 1
     assert order["broker_order_id"] == sent[0]["norenordno"]
-    assert (sent[0]["trantype"], sent[0]["prctyp"], sent[0]["prd"], sent[0]["qty"]) == ("B", "MKT", "M", "65")
+    assert (sent[0]["trantype"], sent[0]["prctyp"], sent[0]["prd"], sent[0]["qty"]) == ("B", "LMT", "M", "65")  # market protection
     assert sent[0]["status"] == "COMPLETE"
 
     wait_note(system, cid, "filled")
@@ -587,7 +587,7 @@ def test_keys_are_case_insensitive_and_aliases_accepted(make_system, paper):
         "ci-1", "CI", "ENTRY", "NFO")
     assert (order["side"], order["order_type"], order["product"]) == ("BUY", "MARKET", "MIS")
     sent = at_paper(paper, cid)
-    assert (sent[0]["prctyp"], sent[0]["prd"], sent[0]["trantype"]) == ("MKT", "I", "B")
+    assert (sent[0]["prctyp"], sent[0]["prd"], sent[0]["trantype"]) == ("LMT", "I", "B")  # market protection
     rows = wait_alert_rows(system, 1)
     assert SECRET not in (rows[0].body or "")
 

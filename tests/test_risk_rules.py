@@ -345,7 +345,7 @@ def test_a_multi_leg_alert_over_the_rate_is_blocked_whole_and_consumes_nothing()
 # ---- lots and notional ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("exchange,symbol,lot", [
-    ("NFO", "NIFTY27MAR26C25700", 65), ("NFO", "BANKNIFTY27MAR26P52000", 30), ("NFO", "FINNIFTY27MAR26F", 65),
+    ("NFO", "NIFTY27MAR26C25700", 65), ("NFO", "BANKNIFTY27MAR26P52000", 30), ("NFO", "FINNIFTY27MAR26F", 60),
     ("BFO", "SENSEX26MAR26C80000", 20), ("NFO", "RELIANCE27MAR26F", 1), ("NSE", "NIFTY", 1),
     ("NSE", "INFY-EQ", 1),
 ])
