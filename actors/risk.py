@@ -167,16 +167,25 @@ class RiskActor(SupervisedActor):
                           update={RiskState.value: value, RiskState.updated_at: stamp})
              .execute())
 
+    def _wall(self, when: datetime) -> datetime:
+        """A time on the risk clock as wall-clock time, to compare with stored created_at/updated_at (which are
+        always wall-clock). The two differ only when a test injects a clock."""
+        return when - (self.clock() - _utc_now())
+
+    def _on_risk_clock(self, stored_iso: str) -> float:
+        """A stored wall-clock time as a timestamp on the risk clock."""
+        return (datetime.fromisoformat(stored_iso) + (self.clock() - _utc_now())).timestamp()
+
     def _rebuild_rates(self, now: datetime) -> None:
         """Entries admitted in the last minute before a restart still count against the rate limits."""
-        cutoff = _iso(now - timedelta(seconds=60))
+        cutoff = _iso(self._wall(now) - timedelta(seconds=60))
         query = (Order.select(Order.created_at, Order.tag)
                  .where((Order.execution_type == "ENTRY") & (Order.created_at >= cutoff)
                         & (Order.status != "CREATED")))
         for row in query:
             if row.tag and row.tag.startswith(("RISK_BLOCKED", "VALIDATION_FAILED")):
                 continue
-            self.core.rates.record(datetime.fromisoformat(row.created_at).timestamp())
+            self.core.rates.record(self._on_risk_clock(row.created_at))
 
     def _notify(self, text: str) -> None:
         self.registry.tell("notifier", Notify(kind="risk", text=text))
@@ -261,7 +270,7 @@ class RiskActor(SupervisedActor):
         keys = {(str(r.get("exch")), str(r.get("tsym")), product_name(r.get("prd")))
                 for r in self.rows if int(r.get("netqty") or 0) != 0}
         if self.rows_at is not None:
-            since = _iso(self.rows_at - timedelta(seconds=2))
+            since = _iso(self._wall(self.rows_at) - timedelta(seconds=2))
         else:
             since = _iso(datetime.combine(trading_day(now), datetime.min.time(), IST))
         cutoff = now.timestamp() - ADMITTED_TTL_S

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timezone
+import time
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
 from pathlib import Path
 
 import pyotp
@@ -244,7 +246,7 @@ def test_oms_risk_and_oms_exit_drive_the_running_service(make_system, paper, tmp
 
 def test_a_cooldown_persisted_on_earlier_days_blocks_entries_after_a_restart(make_system, paper, tmp_path):
     data_dir = tmp_path / "cooldown"
-    today = R.trading_day(datetime.now(timezone.utc))
+    today = R.trading_day(datetime.now(UTC))
     last = R.previous_trading_day(today)
     first = R.previous_trading_day(last)
     db = open_database(data_dir / "orders.db")
@@ -265,21 +267,122 @@ def test_a_cooldown_persisted_on_earlier_days_blocks_entries_after_a_restart(mak
     assert risk(system)["reason"] == "LOSS_DAYS_COOLDOWN"  # evaluated once, persisted
 
 
+def ist_clock(weekday: int, hh: int, mm: int):
+    """A risk clock: the next IST `weekday` (0 = Monday) strictly after today's IST date, at hh:mm IST, advancing
+    with real elapsed time (rate windows keep working). Always ahead of the wall clock, so entries the service
+    wrote in real time before it started are not "from the future" for the risk engine."""
+    today = R.trading_day(datetime.now(UTC))
+    day = today + timedelta(days=(weekday - today.weekday() - 1) % 7 + 1)
+    base = datetime.combine(day, dtime(hh, mm), R.IST).astimezone(UTC)
+    start = time.monotonic()
+    return lambda: base + timedelta(seconds=time.monotonic() - start)
+
+
 def test_after_square_off_time_entries_stop_and_mis_positions_are_flattened(make_system, paper, tmp_path):
     data_dir = tmp_path / "square"
     set_ltp(paper, "NFO", SYM, 100)
     set_ltp(paper, "NFO", PUT, 100)
     system = make_system(data_dir=data_dir)
-    system.wait_for_status(one_leg(system, alert(strategy="MIS1", alert_id="m", product_type="MIS")), "EXECUTED")
+    mis = system.wait_for_status(one_leg(system, alert(strategy="MIS1", alert_id="m", product_type="MIS")), "EXECUTED")
     system.wait_for_status(one_leg(system, alert(strategy="NRML1", alert_id="n", tradingsymbol=PUT)), "EXECUTED")
     system.stop()
 
-    system = make_system(data_dir=data_dir, risk={"square_off_time": {"NFO": "00:00"}, **FAST})
+    clock = ist_clock(2, 15, 16)  # a Wednesday, 15:16 IST: one minute after the NFO square-off
+    wednesday = R.trading_day(clock())
+    assert wednesday.weekday() == 2 and R.is_trading_day(wednesday)
+    system = make_system(data_dir=data_dir, clock=clock, risk={"square_off_time": {"NFO": "15:15"}, **FAST})
+    assert risk(system)["day"] == wednesday.isoformat()  # the risk engine runs on the injected clock
     blocked_with(system, alert(strategy="LATE", alert_id="late"), "AFTER_SQUARE_OFF")
-    if R.is_trading_day(R.trading_day(datetime.now(timezone.utc))):  # no square-off runs on a weekend
-        wait_risk(system, lambda v: risk_exits(system) and v["flatten"] == [], "the square-off", timeout=15)
-        assert [(o["strategy_name"], o["product"], o["status"]) for o in risk_exits(system)] == [
-            ("MIS1", "MIS", "EXECUTED")]
-        assert netqty(paper, SYM) == 0
+    blocked_with(system, alert(strategy="LATE2", alert_id="late-mis", tradingsymbol=PUT, product_type="MIS"),
+                 "AFTER_SQUARE_OFF")
+
+    exits = system.wait_until(lambda: risk_exits(system), 10, "the square-off exit")
+    assert [(o["strategy_name"], o["execution_type"], o["symbol"], o["side"], o["quantity"], o["product"])
+            for o in exits] == [("MIS1", "EXIT", SYM, "SELL", 65, "MIS")]
+    done = system.wait_for_status(exits[0]["command_id"], TERMINAL)
+    assert done["status"] == "EXECUTED" and done["filled_qty"] == 65 and done["broker_order_id"], done
+    # through the pipeline: committed SENT_TO_BROKER before it left, then the broker's fill
+    assert [e["to_status"] for e in done["events"]] == ["CREATED", "SENT_TO_BROKER", "EXECUTED"], done["events"]
+    assert done["created_at"] > mis["created_at"]  # real time, not the risk clock's Wednesday
+    view = wait_risk(system, lambda v: v["flatten"] == [], "the square-off to finish", timeout=15)
+    assert netqty(paper, SYM) == 0
     assert netqty(paper, PUT) == 65  # NRML is carried, never squared off
-    assert risk(system)["state"] == "ACTIVE"
+    assert (view["state"], view["reason"]) == ("ACTIVE", None)
+    assert [(o["strategy_name"], o["product"], o["status"]) for o in risk_exits(system)] == [
+        ("MIS1", "MIS", "EXECUTED")]  # once a day: further PositionBook reads start no new square-off
+    notes = risk_notes(system)
+    assert any("Flatten started (SQUARE_OFF)" in n for n in notes), notes
+    assert any("Flatten (SQUARE_OFF) done" in n and "flat" in n for n in notes), notes
+    sells = [o for o in paper_orders(paper) if o["tsym"] == SYM and o["trantype"] == "S"]
+    assert [(o["prd"], o["qty"], o["status"]) for o in sells] == [("I", "65", "COMPLETE")]
+
+
+# ---- a restart in the middle of a flatten ----------------------------------------------------------
+
+def test_a_restart_mid_flatten_keeps_flattening_and_exits_nothing_twice(make_system, paper_factory, tmp_path):
+    slow = paper_factory(fill_delay_ms=800)  # time to move the price between the exit's send and its fill
+    data_dir = tmp_path / "midflatten"
+    limits = {"max_daily_loss": 1000, **FAST}
+    set_ltp(slow, "NFO", SYM, 100)
+    system = make_system(exchange=slow, data_dir=data_dir, risk=limits)
+    system.wait_for_status(one_leg(system, alert(alert_id="long")), "EXECUTED")
+
+    set_ltp(slow, "NFO", SYM, 84)  # -1040: breach
+    exits = system.wait_until(lambda: risk_exits(system), 10, "the flatten's exit")
+    assert [(o["strategy_name"], o["side"], o["quantity"], o["product"]) for o in exits] == [("S1", "SELL", 65, "NRML")]
+    exit_cid = exits[0]["command_id"]
+    # Market protection priced it (from GetQuotes, at 84) before the SENT_TO_BROKER commit: LMT 79.80. The
+    # price now falls under that limit before the paper's fill delay is up, so the exit rests at the broker.
+    system.wait_for_status(exit_cid, ("SENT_TO_BROKER", "PARTIAL", "EXECUTED", "FAILED"))
+    set_ltp(slow, "NFO", SYM, 50)
+    resting = system.wait_until(lambda: (o := system.order(exit_cid)) and o["broker_order_id"] and o, 10,
+                                "the exit at the broker")
+    assert (resting["status"], resting["filled_qty"]) == ("SENT_TO_BROKER", 0), resting
+    sent = [e["detail"] for e in resting["events"] if e["to_status"] == "SENT_TO_BROKER"]
+    assert len(sent) == 1 and "LMT 79.80" in sent[0], sent
+    view = risk(system)
+    assert (view["state"], view["reason"]) == ("HALTED", "DAILY_LOSS_HIT")
+    assert [j["reason"] for j in view["flatten"]] == ["DAILY_LOSS_HIT"]
+    system.stop()
+
+    system = make_system(exchange=slow, data_dir=data_dir, risk=limits)
+    view = risk(system)  # the persisted state, before any PositionBook read of the new process
+    assert (view["state"], view["reason"]) == ("HALTED", "DAILY_LOSS_HIT")
+    assert [(j["reason"], j["strategy"], j["exchange"]) for j in view["flatten"]] == [("DAILY_LOSS_HIT", None, None)]
+    # a few PositionBook rounds of the new process while the exit rests: it waits for it, sends nothing new
+    seen: set[str] = set()
+    wait_risk(system, lambda v: seen.add(v["pnl_at"] or "") or len(seen - {""}) >= 3, "three PositionBook reads")
+    view = risk(system)
+    assert view["flatten"] and view["pnl"] == -3250, view
+    assert [o["command_id"] for o in risk_exits(system)] == [exit_cid]
+    assert system.order(exit_cid)["status"] == "SENT_TO_BROKER"
+
+    set_ltp(slow, "NFO", SYM, 84)  # the exit's limit is reachable again
+    assert system.wait_for_status(exit_cid, TERMINAL, timeout=10)["status"] == "EXECUTED"
+    view = wait_risk(system, lambda v: v["flatten"] == [], "the flatten to finish", timeout=15)
+    assert (view["state"], view["reason"]) == ("HALTED", "DAILY_LOSS_HIT")
+    assert netqty(slow, SYM) == 0
+    exits = risk_exits(system)
+    assert [(o["command_id"], o["status"], o["filled_qty"]) for o in exits] == [(exit_cid, "EXECUTED", 65)]
+    sells = [o for o in paper_orders(slow) if o["tsym"] == SYM and o["trantype"] == "S"]
+    assert [(o["qty"], o["fillshares"], o["status"]) for o in sells] == [("65", "65", "COMPLETE")]
+    assert any("done" in n and "flat" in n for n in risk_notes(system))
+
+
+def test_entries_before_a_restart_leave_the_rate_window_on_an_injected_clock(make_system, paper, tmp_path):
+    data_dir = tmp_path / "rates"
+    system = make_system(data_dir=data_dir)
+    for i in range(2):
+        cid = one_leg(system, alert(strategy=f"R{i}", alert_id=f"r{i}", order_type="LIMIT", price=1.0))
+        system.wait_until(lambda c=cid: system.order(c)["broker_order_id"], 10, "the entry at the broker")
+    system.stop()
+
+    today = R.trading_day(datetime.now(UTC))
+    wednesday = today - timedelta(days=(today.weekday() - 2) % 7 or 7)  # the last Wednesday before today
+    base = datetime.combine(wednesday, dtime(11, 0), R.IST).astimezone(UTC)
+    start = time.monotonic()
+    system = make_system(data_dir=data_dir, clock=lambda: base + timedelta(seconds=time.monotonic() - start),
+                         risk={"max_entries_per_second": 2})
+    wait_risk(system, lambda v: v["entries_last_second"] == 0, "the second to pass", timeout=3)
+    cid = one_leg(system, alert(strategy="R2", alert_id="r2", order_type="LIMIT", price=1.0))
+    assert system.wait_for_status(cid, ("SENT_TO_BROKER", "FAILED"))["status"] == "SENT_TO_BROKER"
