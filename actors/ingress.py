@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
+import pykka
 from loguru import logger
-
-from actors.base import SupervisedActor
 from pydantic import ValidationError
 
+from actors.base import SupervisedActor
 from messages.alerts import WebhookAlert, WebhookLeg
 from messages.commands import (
     CancelOrder,
@@ -350,19 +350,42 @@ class IngressApp:
         msg = RegisterAlert(alert_id=alert_id, source=source, remote_addr=remote,
                             strategy_name=alert.strategy_name, body=body, legs=tuple(legs))
         try:
-            result: RegisterResult = self.registry.ask("store", msg, timeout=REGISTER_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - timeout or a dead store: say so, never pretend
-            logger.error("alert {}: registration did not complete in time: {!r}", alert_id, exc)
+            future = self.registry.ask_future("store", msg)
+            result: RegisterResult = future.get(timeout=REGISTER_TIMEOUT_S)
+        except pykka.Timeout:
+            # The commit may still land: if it does, its legs must not sit CREATED until a restart.
+            logger.error("alert {}: registration did not complete in {}s; answering 503", alert_id,
+                         REGISTER_TIMEOUT_S)
+            threading.Thread(target=self._late_registration, args=(future, alert_id, alert), daemon=True,
+                             name=f"late-{alert_id}"[:40]).start()
             return 503, {"error": "could not register the alert in time; retry with the same alert_id",
                          "alert_id": alert_id}
-        if not result.duplicate:
-            created = tuple(o for o in result.orders if o.status == "CREATED")
-            self.registry.tell("notifier", Notify(
-                kind="alert", text=f"Alert {alert_id} {alert.strategy_name} {alert.execution_type}: "
-                                   f"{len(result.orders)} leg(s)"))
-            if created:
-                self.registry.tell("risk", OrdersRegistered(orders=created))
+        except Exception as exc:  # noqa: BLE001 - a dead store: say so, never pretend
+            logger.error("alert {}: registration failed: {!r}", alert_id, exc)
+            return 503, {"error": "could not register the alert; retry with the same alert_id",
+                         "alert_id": alert_id}
+        self._dispatch(result, alert_id, alert)
         return result.http_status, result.response
+
+    def _dispatch(self, result: RegisterResult, alert_id: str, alert: WebhookAlert) -> None:
+        """Send a freshly registered alert's CREATED legs on to the blockers."""
+        if result.duplicate:
+            return
+        created = tuple(o for o in result.orders if o.status == "CREATED")
+        self.registry.tell("notifier", Notify(
+            kind="alert", text=f"Alert {alert_id} {alert.strategy_name} {alert.execution_type}: "
+                               f"{len(result.orders)} leg(s)"))
+        if created:
+            self.registry.tell("risk", OrdersRegistered(orders=created))
+
+    def _late_registration(self, future, alert_id: str, alert: WebhookAlert) -> None:
+        try:
+            result: RegisterResult = future.get(timeout=300)
+        except Exception as exc:  # noqa: BLE001 - never committed: nothing to send; a retry will register it
+            logger.error("alert {}: registration never completed ({!r})", alert_id, exc)
+            return
+        logger.warning("alert {}: registered late (after its 503); its legs continue", alert_id)
+        self._dispatch(result, alert_id, alert)
 
     def _record(self, msg: RecordAlert) -> None:
         self.registry.tell("store", msg)

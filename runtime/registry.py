@@ -75,6 +75,13 @@ class Registry:
             raise pykka.ActorDeadError(f"no actor named {name}")
         return ref.ask(message, timeout=timeout)
 
+    def ask_future(self, name: str, message):
+        """Ask without blocking: the caller decides how long to wait on the returned future."""
+        ref = self._refs.get(name)
+        if ref is None:
+            raise pykka.ActorDeadError(f"no actor named {name}")
+        return ref.ask(message, block=False)
+
     # ---- test faults ----------------------------------------------------------------------------
 
     def inject_fault(self, name: str, message_type: str, times: int = 1) -> None:
