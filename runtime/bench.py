@@ -16,10 +16,11 @@ Clocks: every timestamp is `time.monotonic()` (CLOCK_MONOTONIC, shared by all pr
 
 Figures (latencies as p50 / p99 / max in ms):
   ack_ms                     client: request written -> 202 read (keep-alive connection)
-  internal_ms                request written by the bench -> PlaceOrder arrived at the exchange. The service has no
-                             receipt stamp of its own, so this interval starts at the client's send: it includes
-                             the loopback TCP hop and waitress's read/dispatch into a worker thread (an upper
-                             bound of receipt -> PlaceOrder; see BENCHMARKS.md)
+  internal_ms                alert received -> PlaceOrder arrived at the exchange. The service logs no receipt
+                             stamp today, so the interval starts when the bench writes the request: it includes the
+                             loopback TCP hop and waitress's read and dispatch to a worker thread (an upper bound;
+                             BENCHMARKS.md). If the "accepted" alert line carries `received_mono` (the ingress
+                             change proposed in BENCHMARKS.md), the interval starts there instead.
   fill_to_executed_ms_ws     exchange final fill -> EXECUTED committed (the EXECUTED event's `mono`), WebSocket
   fill_to_executed_ms_poll   the same with use_websocket = false and poll_interval_s = 1.0
   throughput_orders_per_s    highest sustained offered rate (stepped up) whose internal p99 stays under 50 ms,
@@ -58,6 +59,7 @@ HOST = "127.0.0.1"
 SECRET = "bench-secret"
 HUGE = 1_000_000_000.0
 P99_LIMIT_MS = 50.0
+SOAK_POOL = 200  # strategies the soak cycles through (ENTRY, then EXIT, ...): open positions stay bounded
 BURST_LEGS_PER_ALERT = 5  # a burst is multi-leg alerts (straddles, condors) from many strategies at one candle close
 SWEEP_RATES = (50, 100, 200, 400, 800, 1600, 3200)  # the doubling ladder; its last entry is the ceiling
 JSON_KEYS = ("ack_ms", "internal_ms", "fill_to_executed_ms_ws", "fill_to_executed_ms_poll",
@@ -88,7 +90,7 @@ class Options:
     soak_rate: float | None = None
     quick: bool = False
     keep: bool = False
-    step_s: float = 3.0
+    step_s: float = 4.0
     sweep_budget_s: float = 150.0
     warmup: int = 100
     poll_orders: int = 200
@@ -274,11 +276,24 @@ class Conn:
 def alert_body(tag: str, i: int, legs: int = 1) -> bytes:
     """An ENTRY of its own strategy with `legs` legs, each of its own symbol (so no blocker ever stops one:
     the guard does not block the legs of one alert against each other)."""
-    name = f"B{tag}{i}"
+    name = f"B{tag}{i}".upper().replace("-", "")  # real symbols are upper case (SearchScrip upper-cases them)
     leg = '{{"tradingsymbol":"{}-EQ","direction":"BUY","qty":1,"order_type":"MARKET","product_type":"MIS"}}'
     symbols = [name] if legs == 1 else [f"{name}L{j}" for j in range(legs)]
     return (f'{{"secret_key":"{SECRET}","alert_id":"{tag}-{i}","strategy_name":"{name}",'
             f'"execution_type":"ENTRY","exchange":"NSE","legs":[{",".join(leg.format(s) for s in symbols)}]}}').encode()
+
+
+def soak_body(i: int, pool: int) -> bytes:
+    """The soak's alerts: a pool of strategies (each with its own symbol) taken in turn, ENTRY on the first pass,
+    EXIT on the next, and so on, so the account's open positions stay bounded (at most `pool`) while the order
+    count grows: memory growth then means a leak, not a bigger book. The caller keeps fewer than `pool` orders
+    in flight, so each strategy's previous order is long settled when it comes round again: nothing is blocked."""
+    k, lap = i % pool, i // pool
+    name = f"SOAK{k}"
+    side, kind = ("BUY", "ENTRY") if lap % 2 == 0 else ("SELL", "EXIT")
+    return (f'{{"secret_key":"{SECRET}","alert_id":"soak-{i}","strategy_name":"{name}","execution_type":"{kind}",'
+            f'"exchange":"NSE","legs":[{{"tradingsymbol":"{name}-EQ","direction":"{side}","qty":1,'
+            f'"order_type":"MARKET","product_type":"MIS"}}]}}').encode()
 
 
 @dataclass
@@ -313,9 +328,10 @@ class Window:
 
 def fire(port: int, tag: str, count: int, *, rate: float | None, connections: int, budget_s: float,
          window: Window | None = None, on_shot: Callable[[Shot], None] | None = None,
-         legs: int | Callable[[int], int] = 1) -> list[Shot]:
-    """Send `count` alerts (of `legs` legs) over `connections` keep-alive connections, open loop at `rate` per second (None: as
-    fast as they go). Connections are opened (GET /health) before the clock starts. Bounded by `budget_s`."""
+         legs: int | Callable[[int], int] = 1, body: Callable[[int], bytes] | None = None) -> list[Shot]:
+    """Send `count` alerts (of `legs` legs, or `body(i)`) over `connections` keep-alive connections, open loop at
+    `rate` per second (None: as fast as they go). Connections are opened (GET /health) before the clock starts.
+    Bounded by `budget_s`."""
     shots = [Shot(f"{tag}-{i}") for i in range(count)]
     lock = threading.Lock()
     cursor = [0]
@@ -347,10 +363,13 @@ def fire(port: int, tag: str, count: int, *, rate: float | None, connections: in
                 if time.monotonic() > stop_at or (window is not None and not window.acquire(stop_at)):
                     return
                 shot = shots[i]
-                body = alert_body(tag, i, legs if isinstance(legs, int) else legs(i))
+                if body is not None:
+                    payload = body(i)
+                else:
+                    payload = alert_body(tag, i, legs if isinstance(legs, int) else legs(i))
                 shot.send = time.monotonic()
                 try:
-                    shot.status, data = conn.request("POST", "/webhook", body, headers)
+                    shot.status, data = conn.request("POST", "/webhook", payload, headers)
                 except OSError:
                     shot.status, data = 0, b""
                 shot.ack = time.monotonic()
@@ -393,6 +412,7 @@ class EventTail:
         self.events: dict[str, dict[str, float]] = {}  # command_id -> {to_status: mono}
         self.failed: dict[str, str] = {}  # command_id -> tag
         self.accepted: dict[str, float] = {}  # alert_id -> mono of the "accepted" alert event
+        self.received: dict[str, float] = {}  # alert_id -> the service's own receipt stamp, when it logs one
         self.done: set[str] = set()  # command ids that reached EXECUTED or FAILED
         self.terminal = 0
         self._stop = threading.Event()
@@ -455,14 +475,15 @@ class EventTail:
                 if terminal and cid not in self.done:
                     self.done.add(cid)
                     self.terminal += 1
-                if not self.details:
-                    continue
-                self.events.setdefault(cid, {}).setdefault(data.get("to_status"), data.get("mono"))
                 if data.get("to_status") == "FAILED":
                     self.failed[cid] = data.get("tag") or ""
+                if self.details:
+                    self.events.setdefault(cid, {}).setdefault(data.get("to_status"), data.get("mono"))
             elif self.details and '"event": "alert"' in line and '"outcome": "accepted"' in line:
                 data = json.loads(line)
                 self.accepted.setdefault(data.get("alert_id"), data.get("mono"))
+                if isinstance(data.get("received_mono"), (int, float)):
+                    self.received.setdefault(data.get("alert_id"), data["received_mono"])
 
     def terminal_count(self) -> int:
         return self.terminal
@@ -536,9 +557,10 @@ class Service:
             self.tail.stop()
 
     def send(self, tag: str, count: int, *, rate: float | None, connections: int, budget_s: float,
-             window: Window | None = None, on_shot=None, legs: int = 1) -> list[Shot]:
+             window: Window | None = None, on_shot=None, legs: int | Callable[[int], int] = 1,
+             body: Callable[[int], bytes] | None = None) -> list[Shot]:
         return fire(self.port, tag, count, rate=rate, connections=connections, budget_s=budget_s, window=window,
-                    on_shot=on_shot, legs=legs)
+                    on_shot=on_shot, legs=legs, body=body)
 
     def settle(self, shots: list[Shot], timeout: float) -> bool:
         ids = [c for s in shots for c in s.command_ids]
@@ -559,6 +581,7 @@ class Sample:
 
     shot: Shot
     command_id: str
+    received: float | None  # the service's receipt stamp (`received_mono` on the accepted alert line), if any
     arrived: float | None
     filled: float | None
     accepted: float | None
@@ -568,7 +591,11 @@ class Sample:
 
     @property
     def internal(self) -> float | None:
-        return None if self.arrived is None else self.arrived - self.shot.send
+        """Receipt -> PlaceOrder arrival: from the service's own receipt stamp when it logs one, else from the
+        moment the bench wrote the request (an upper bound: it adds the loopback hop and waitress's dispatch)."""
+        if self.arrived is None:
+            return None
+        return self.arrived - (self.received if self.received is not None else self.shot.send)
 
 
 class Bench:
@@ -606,7 +633,8 @@ class Bench:
         for shot in shots:
             for cid in shot.command_ids:
                 row = rows.get(cid, {})
-                out.append(Sample(shot, cid, row.get("arrived_mono"), row.get("filled_mono"),
+                out.append(Sample(shot, cid, service.tail.received.get(shot.alert_id), row.get("arrived_mono"),
+                                  row.get("filled_mono"),
                                   service.tail.accepted.get(shot.alert_id), service.tail.mono(cid, "SENT_TO_BROKER"),
                                   service.tail.mono(cid, "EXECUTED"), service.tail.failed.get(cid)))
         return out
@@ -676,6 +704,9 @@ class Bench:
         self._note_problems(f"latency phase ({mode})", shots, samples)
         self.results["ack_ms"] = summary([s.ack - s.send for s in shots if s.status == 202])
         self.results["internal_ms"] = summary([s.internal for s in samples if s.internal is not None])
+        self.extra["internal_from"] = ("the service's receipt stamp (received_mono)"
+                                       if any(s.received is not None for s in samples)
+                                       else "the bench writing the request (the service logs no receipt stamp)")
         self.results[f"fill_to_executed_ms_{mode}"] = summary(
             [s.executed - s.filled for s in samples if s.executed is not None and s.filled is not None])
         self.extra["breakdown"] = {
@@ -820,19 +851,23 @@ class Bench:
         if o.soak_rate:
             rate = o.soak_rate
         else:  # below the sustained rate, so the soak measures steady state rather than a growing backlog
-            rate = max(50.0, min(1000.0, 0.7 * throughput)) if throughput else 200.0
+            rate = max(5.0, min(1000.0, 0.7 * throughput)) if throughput else 20.0
         service = self.new_service("soak", "ws", details=False)
         chunks = []
         try:
             rss_cold = service.proc.rss_mb()
-            warm = 100 if o.quick else 500
-            service.warm_up(warm)
+            warm = 100 if o.quick else 2 * SOAK_POOL + 100
+            # the warm-up is the soak's own workload, so every strategy's position and instrument exists before
+            # rss_mb_start is read: what grows afterwards grows with the order count, not with the pool
+            warm_shots = service.send("soakwarm", warm, rate=25.0, connections=4, budget_s=warm / 25.0 * 2 + 30,
+                                      body=lambda i: soak_body(i, SOAK_POOL).replace(b'"soak-', b'"soakwarm-'))
+            service.settle(warm_shots, 60)
             if not service.tail.wait_count(warm, 60):
                 self.notes.append("soak: warm-up did not settle in 60 s")
             time.sleep(1.0)
             rss_start = service.proc.rss_mb()
             _say(f"soak: {o.soak_orders} orders at {rate:.0f}/s (RSS {rss_cold} MB cold, {rss_start} MB warm)")
-            window = Window(4000, service.tail.terminal_count)
+            window = Window(SOAK_POOL // 2, service.tail.terminal_count)
             window.sent = service.tail.terminal_count()  # the warm-up's orders are all terminal
             chunk_size = max(1000, o.soak_orders // 10)
             progress = {"n": 0, "t": time.monotonic(), "acks": []}
@@ -856,15 +891,15 @@ class Bench:
             budget = o.soak_orders / rate * 4 + 120
             t0 = time.monotonic()
             shots = service.send("soak", o.soak_orders, rate=rate, connections=8, budget_s=budget, window=window,
-                                 on_shot=on_shot)
+                                 on_shot=on_shot, body=lambda i: soak_body(i + warm, SOAK_POOL))
             accepted = sum(len(s.command_ids) for s in shots if s.status == 202)
             settled = service.tail.wait_count(warm + accepted, 300)
             elapsed = time.monotonic() - t0
             time.sleep(2.0)
             rss_end = service.proc.rss_mb()
             stop_s = service.stop()
-            _say(f"soak: {accepted} orders in {elapsed:.0f}s; RSS {rss_start} -> {rss_end} MB; stopped in {stop_s:.1f}s;"
-                 " restarting for recovery")
+            _say(f"soak: {accepted} orders in {elapsed:.0f}s; RSS {rss_start} -> {rss_end} MB; stopped in "
+                 f"{stop_s:.1f}s; restarting for recovery")
             service.restart()
             recovery = service.start_s
             _say(f"recovery: /health 200 after {recovery:.2f}s")
@@ -872,6 +907,11 @@ class Bench:
             service.close()
         if accepted < o.soak_orders or not settled:
             self.notes.append(f"soak: {accepted}/{o.soak_orders} orders accepted, all terminal: {settled}")
+        failed: dict[str, int] = {}
+        for tag in service.tail.failed.values():
+            failed[tag] = failed.get(tag, 0) + 1
+        if failed:
+            self.notes.append(f"soak: FAILED orders {failed}")
         self.results.update(rss_mb_start=rss_start, rss_mb_end=rss_end, recovery_s=round(recovery, 3))
         self.extra["soak"] = {"orders": accepted, "rate": rate, "elapsed_s": round(elapsed, 1), "rss_cold_mb": rss_cold,
                               "stop_s": round(stop_s, 2), "chunks": chunks}
@@ -968,8 +1008,9 @@ def render(results: dict, extra: dict, options: Options, notes: list[str]) -> st
     lines.append(f"{'throughput_orders_per_s':<28} {tp if tp is not None else 'n/a':>9}   >=500/s              "
                  f"{_verdict(None if tp is None else tp >= 500)}")
     b = r["burst"] or {}
+    created_ok = None if b.get("created_s") is None else (b["created_s"] <= 1.0 and b.get("legs", 0) >= options.burst)
     lines.append(f"{'burst legs / created_s / executed_s':<36} {b.get('legs')} / {b.get('created_s')} / "
-                 f"{b.get('executed_s')}   created<=1s  {_verdict(None if b.get('created_s') is None else b['created_s'] <= 1.0 and b.get('legs', 0) >= options.burst)}")
+                 f"{b.get('executed_s')}   created<=1s  {_verdict(created_ok)}")
     f = r["floor"] or {}
     lines.append(f"{'floor commit_ms / http_rtt_ms':<36} {f.get('commit_ms')} / {f.get('http_rtt_ms')}")
     lines.append(f"{'internal_over_floor':<36} {r['internal_over_floor']}")
@@ -981,6 +1022,8 @@ def render(results: dict, extra: dict, options: Options, notes: list[str]) -> st
                      f"{_verdict(None if growth is None else growth <= 0.10)}")
         rec = r["recovery_s"]
         lines.append(f"{'soak recovery_s':<36} {rec}   <=3s  {_verdict(None if rec is None else rec <= 3.0)}")
+    if extra.get("internal_from"):
+        lines.append(f"internal_ms starts at {extra['internal_from']}")
     if extra.get("breakdown"):
         lines += ["", f"{'where internal time goes (ms)':<78} {'p50':>9} {'p99':>9} {'max':>9}"]
         for name, value in extra["breakdown"].items():
@@ -1015,7 +1058,12 @@ def run_bench(options: Options) -> int:
         options.step_s = 1.0
         options.soak_orders = min(options.soak_orders, 2000)
     bench = Bench(options)
-    results = bench.run()
+    try:
+        results = bench.run()
+    except (RuntimeError, OSError, http.client.HTTPException) as exc:  # a child did not start or stopped answering
+        sys.stderr.write(f"oms bench: {exc}\n(run with --keep to keep the logs of the paper exchange and the "
+                         "service)\n")
+        return 1
     sys.stdout.write(render(results, bench.extra, options, bench.notes))
     sys.stdout.flush()
     if options.json_path:

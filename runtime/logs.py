@@ -3,8 +3,8 @@
 `events.jsonl` holds one line per alert and per order event (what `oms tail` reads); `service.jsonl` holds
 every log record. Every JSON line carries `mono`, `time.monotonic()` when the record was formatted (in the
 logging thread, before any enqueue): CLOCK_MONOTONIC is shared by every process on the machine, so `oms bench`
-can line these up with the paper exchange's `arrived_mono` / `filled_mono`. No secret is ever passed to a log call; the sinks add nothing but the
-record's fields.
+can line these up with the paper exchange's `arrived_mono` / `filled_mono`. No secret is ever passed to a log
+call; the sinks add nothing but the record's fields.
 """
 
 from __future__ import annotations
