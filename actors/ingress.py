@@ -12,6 +12,7 @@ import hmac
 import json
 import re
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -309,6 +310,7 @@ class IngressApp:
     # ---- POST /webhook --------------------------------------------------------------------------
 
     def webhook(self, environ) -> tuple[int, Any]:
+        received = time.monotonic()
         remote = environ.get("REMOTE_ADDR")
         secret = self.config.webhook.secret_key
         limit = self.config.service.max_body_bytes
@@ -341,14 +343,15 @@ class IngressApp:
             self._record(RecordAlert(outcome="invalid", http_status=400, remote_addr=remote, body=redacted,
                                      alert_id=alert.alert_id, strategy_name=alert.strategy_name, error=error))
             return 400, {"error": "wrong shape", "errors": [error]}
-        return self.register(alert, source="webhook", remote=remote, body=redacted)
+        return self.register(alert, source="webhook", remote=remote, body=redacted, received_mono=received)
 
     def register(self, alert: WebhookAlert, *, source: str, remote: str | None = None,
-                 body: str | None = None) -> tuple[int, Any]:
+                 body: str | None = None, received_mono: float | None = None) -> tuple[int, Any]:
         alert_id = alert.alert_id or f"auto-{uuid.uuid4().hex[:16]}"
         legs = build_orders(alert, alert_id, self.config.service.client_id, source)
         msg = RegisterAlert(alert_id=alert_id, source=source, remote_addr=remote,
-                            strategy_name=alert.strategy_name, body=body, legs=tuple(legs))
+                            strategy_name=alert.strategy_name, body=body, legs=tuple(legs),
+                            received_mono=received_mono)
         try:
             future = self.registry.ask_future("store", msg)
             result: RegisterResult = future.get(timeout=REGISTER_TIMEOUT_S)

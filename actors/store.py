@@ -370,7 +370,7 @@ class StoreActor(SupervisedActor):
     def _log_alert(self, msg: RegisterAlert, result: RegisterResult) -> None:
         outcome = "duplicate" if result.duplicate else "accepted"
         logger.bind(event="alert", alert_id=msg.alert_id, outcome=outcome, http_status=result.http_status,
-                    strategy=msg.strategy_name, legs=len(msg.legs)).info(
+                    strategy=msg.strategy_name, legs=len(msg.legs), received_mono=msg.received_mono).info(
             "alert {} {} ({} legs)", msg.alert_id, outcome, len(msg.legs))
 
     def _publish(self, changes: list[OrderChanged]) -> None:

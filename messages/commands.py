@@ -24,6 +24,7 @@ class RegisterAlert(_Frozen):
     strategy_name: str | None = None
     body: str | None = None  # secret already redacted
     legs: tuple[NewOrder, ...]
+    received_mono: float | None = None  # time.monotonic() when the listener got the request (oms bench)
 
 
 class RegisterResult(_Frozen):
