@@ -208,7 +208,10 @@ class IngressApp:
             # The risk commands' parsing and authentication live with RiskActor.
             from actors.risk import risk_request
 
-            request = risk_request(path, environ, self.config.webhook.secret_key)
+            data = self._operator_body(environ, path.lstrip("/"))
+            if isinstance(data, tuple):
+                return data
+            request = risk_request(path, data)
             if isinstance(request, tuple):
                 return request
             reply = self.registry.ask("risk", request, timeout=15)

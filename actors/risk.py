@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from loguru import logger
 
 from actors.base import SupervisedActor
-from actors.ingress import EXCHANGES, new_command_id, secret_ok, signature_ok
+from actors.ingress import EXCHANGES, new_command_id
 from actors.risk_rules import (
     ACTIVE,
     HALTED,
@@ -78,30 +78,13 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-MAX_REQUEST_BYTES = 4096
 
 
-def risk_request(path: str, environ, secret: str) -> Halt | Resume | Reduce | Flatten | tuple[int, dict]:
-    """`POST /risk/halt|resume|reduce|flatten` (body `{"secret_key", "strategy"?, "exchange"?}`): the message
-    for RiskActor, or the (status, body) refusal. These act on the account, and the listener usually faces
-    the internet for TradingView, so unlike the read API they need the webhook secret (in the body, or an
-    X-Signature HMAC of the body)."""
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > MAX_REQUEST_BYTES:
-        return 413, {"error": f"body over the {MAX_REQUEST_BYTES} byte limit"}
-    body = environ["wsgi.input"].read(length) if length else b""
-    try:
-        data = json.loads(body.decode("utf-8")) if body.strip() else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return 400, {"error": "malformed JSON"}
-    if not isinstance(data, dict):
-        return 400, {"error": "the body must be a JSON object"}
-    data = {str(k).lower(): v for k, v in data.items()}
-    if not (signature_ok(body, environ.get("HTTP_X_SIGNATURE"), secret) or secret_ok(data.get("secret_key"), secret)):
-        return 401, {"error": "unauthorized: bad or missing secret_key / X-Signature"}
+def risk_request(path: str, data: dict) -> Halt | Resume | Reduce | Flatten | tuple[int, dict]:
+    """`POST /risk/halt|resume|reduce|flatten` as a message for RiskActor, or the (status, body) refusal.
+
+    `data` is the JSON body the listener already authenticated with the webhook secret (these commands act on
+    the account, and the listener usually faces the internet for TradingView)."""
     if path.endswith("/halt"):
         return Halt(reason="MANUAL")
     if path.endswith("/resume"):
@@ -109,9 +92,7 @@ def risk_request(path: str, environ, secret: str) -> Halt | Resume | Reduce | Fl
     if path.endswith("/reduce"):
         return Reduce()
     strategy, exchange = data.get("strategy"), data.get("exchange")
-    if strategy is not None and (not isinstance(strategy, str) or not strategy.strip()):
-        return 400, {"error": "strategy must be a non-empty string"}
-    if exchange is not None and (not isinstance(exchange, str) or exchange.strip().upper() not in EXCHANGES):
+    if exchange is not None and exchange.strip().upper() not in EXCHANGES:
         return 400, {"error": f"exchange must be one of {sorted(EXCHANGES)}"}
     return Flatten(strategy=strategy.strip() if strategy else None,
                    exchange=exchange.strip().upper() if exchange else None, reason="MANUAL")
