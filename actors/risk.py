@@ -78,8 +78,6 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-
-
 def risk_request(path: str, data: dict) -> Halt | Resume | Reduce | Flatten | tuple[int, dict]:
     """`POST /risk/halt|resume|reduce|flatten` as a message for RiskActor, or the (status, body) refusal.
 
