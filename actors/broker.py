@@ -435,6 +435,14 @@ class BrokerActor(SupervisedActor):
                 command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",), tag=tag,
                 detail=f"market protection: {reason}"[:300]))
             return
+        try:  # build the request before the claim: a leg we cannot express is FAILED, never "maybe sent"
+            request = to_place_request(order, protection.limit(order) if protection is not None else None)
+        except Exception as exc:  # noqa: BLE001
+            logger.error("order {} cannot be expressed as a PlaceOrder: {!r}", order.command_id, exc)
+            self.registry.tell("store", TransitionOrder(
+                command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",),
+                tag="SEND_FAILED:INVALID_REQUEST", detail=repr(exc)[:300]))
+            return
         try:
             claim: TransitionResult = self.registry.ask("store", TransitionOrder(
                 command_id=order.command_id, to_status="SENT_TO_BROKER", expect_from=("CREATED",),
@@ -449,8 +457,6 @@ class BrokerActor(SupervisedActor):
         if not claim.applied:
             logger.warning("order {} not sent: {}", order.command_id, claim.reason)
             return
-        current = claim.order or order
-        request = to_place_request(current, protection.limit(current) if protection is not None else None)
         attempts = self.config.broker.max_send_attempts
         for attempt in range(1, attempts + 1):
             if not self.logged_in and not self.login():
