@@ -56,6 +56,15 @@ def split_quantities(quantity: int, freeze: int | None, lot: int | None = None) 
     return (chunk,) * full + ((rest,) if rest else ())
 
 
+def _discard(index: dict, bucket, item) -> None:
+    """Remove `item` from `index[bucket]`, dropping the bucket when it empties (the index stays bounded)."""
+    members = index.get(bucket)
+    if members is not None:
+        members.discard(item)
+        if not members:
+            del index[bucket]
+
+
 @dataclass(frozen=True)
 class InFlight:
     alert_id: str
@@ -83,34 +92,49 @@ class GuardBook:
     # Which alerts built each open position: the other legs of the same alert are not blocked by it.
     position_alerts: dict[PositionKey, set[str]] = field(default_factory=lambda: defaultdict(set))
     in_flight: dict[str, InFlight] = field(default_factory=dict)
+    # Indexes over the two maps above, so that a check costs the same with 5 or 5000 open positions.
+    _by_strategy: dict[str, set[PositionKey]] = field(default_factory=lambda: defaultdict(set), repr=False)
+    _by_instrument: dict[tuple[str, str], set[PositionKey]] = field(default_factory=lambda: defaultdict(set),
+                                                                    repr=False)
+    _in_flight_by_book: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set),
+                                                                     repr=False)
 
     # ---- the ledger -----------------------------------------------------------------------------
 
     def apply_fill(self, order: OrderSnapshot, delta: int) -> None:
+        self._fill((order.strategy_name, order.exchange, order.symbol, order.product), order.side, delta,
+                   order.alert_id)
+
+    def _fill(self, key: PositionKey, side: str, delta: int, alert_id: str) -> None:
         if delta == 0:
             return
-        key = (order.strategy_name, order.exchange, order.symbol, order.product)
-        self.positions[key] += delta if order.side == "BUY" else -delta
-        self.position_alerts[key].add(order.alert_id)
+        self.positions[key] += delta if side == "BUY" else -delta
+        self.position_alerts[key].add(alert_id)
+        self._by_strategy[key[0]].add(key)
+        self._by_instrument[(key[1], key[2])].add(key)
         if self.positions[key] == 0:
             del self.positions[key]
             self.position_alerts.pop(key, None)
+            _discard(self._by_strategy, key[0], key)
+            _discard(self._by_instrument, (key[1], key[2]), key)
 
     def on_change(self, change: OrderChanged) -> None:
         self.apply_fill(change.order, change.fill_delta)
         if change.to_status not in T.NON_TERMINAL:
-            self.in_flight.pop(change.order.command_id, None)
+            flight = self.in_flight.pop(change.order.command_id, None)
+            if flight is not None:
+                _discard(self._in_flight_by_book, (flight.strategy, flight.exchange, flight.symbol),
+                         change.order.command_id)
 
     def strategy_positions(self, strategy: str) -> dict[PositionKey, int]:
-        return {k: v for k, v in self.positions.items() if k[0] == strategy and v != 0}
+        return {k: self.positions[k] for k in self._by_strategy.get(strategy, ()) if self.positions.get(k)}
 
     # ---- the checks -----------------------------------------------------------------------------
 
     def _same_book(self, order: OrderSnapshot) -> dict[str, InFlight]:
         """In-flight orders of the same strategy and instrument from other alerts."""
-        return {cid: f for cid, f in self.in_flight.items()
-                if f.strategy == order.strategy_name and f.symbol == order.symbol
-                and f.exchange == order.exchange and f.alert_id != order.alert_id}
+        ids = self._in_flight_by_book.get((order.strategy_name, order.exchange, order.symbol), ())
+        return {cid: self.in_flight[cid] for cid in ids if self.in_flight[cid].alert_id != order.alert_id}
 
     def _open_order_exists(self, order: OrderSnapshot) -> bool:
         return bool(self._same_book(order))
@@ -121,9 +145,8 @@ class GuardBook:
                    for key in self.strategy_positions(order.strategy_name)):
                 return Decision(tag="GUARD_BLOCKED:STRATEGY_HAS_POSITION")
             want = 1 if order.side == "BUY" else -1
-            for (strategy, exch, symbol, _prd), qty in self.positions.items():
-                if strategy != order.strategy_name and exch == order.exchange and symbol == order.symbol \
-                        and qty * want < 0:
+            for key in self._by_instrument.get((order.exchange, order.symbol), ()):
+                if key[0] != order.strategy_name and self.positions.get(key, 0) * want < 0:
                     return Decision(tag="GUARD_BLOCKED:CROSS_STRATEGY_CONFLICT")
             if self._open_order_exists(order):
                 return Decision(tag="DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS")
@@ -139,15 +162,19 @@ class GuardBook:
                 if k[1] == order.exchange and k[2] == order.symbol}
         if not held:
             return Decision(tag="GUARD_BLOCKED:NO_POSITION", cancel=entries)
-        same_product = [k for k in held if k[3] == order.product]
-        key = same_product[0] if same_product else max(held, key=lambda k: abs(held[k]))
+        same_product = [k for k in sorted(held) if k[3] == order.product]
+        key = same_product[0] if same_product else max(sorted(held), key=lambda k: abs(held[k]))
         net = held[key]
         quantity = abs(net) if order.quantity <= 0 else min(abs(net), order.quantity)
         return Decision(side="SELL" if net > 0 else "BUY", quantity=quantity, product=key[3], cancel=entries)
 
     def admit(self, order: OrderSnapshot) -> None:
-        self.in_flight[order.command_id] = InFlight(order.alert_id, order.strategy_name, order.exchange,
-                                                    order.symbol, order.side, order.execution_type)
+        self._admit(order.command_id, InFlight(order.alert_id, order.strategy_name, order.exchange, order.symbol,
+                                               order.side, order.execution_type))
+
+    def _admit(self, command_id: str, flight: InFlight) -> None:
+        self.in_flight[command_id] = flight
+        self._in_flight_by_book[(flight.strategy, flight.exchange, flight.symbol)].add(command_id)
 
     # ---- checking against the broker ------------------------------------------------------------
 
@@ -177,13 +204,19 @@ class GuardBook:
 
     @classmethod
     def from_database(cls) -> "GuardBook":
+        """Replay our fills in order (plain tuples: a day of 100,000 orders rebuilds in well under a second)."""
         book = cls()
-        query = Order.select().where((Order.filled_qty > 0) | Order.status.in_(list(T.OPEN_AT_BROKER)))
-        for row in query:
-            snap = OrderSnapshot.model_validate(row.__data__)
-            book.apply_fill(snap, row.filled_qty)
-            if row.status in T.OPEN_AT_BROKER:
-                book.admit(snap)
+        open_statuses = sorted(T.OPEN_AT_BROKER)
+        marks = ", ".join("?" for _ in open_statuses)
+        cursor = Order._meta.database.execute_sql(
+            "SELECT command_id, alert_id, strategy_name, exchange, symbol, product, side, execution_type, "
+            f"filled_qty, status FROM orders WHERE filled_qty > 0 OR status IN ({marks}) ORDER BY id",
+            open_statuses)
+        for (command_id, alert_id, strategy, exchange, symbol, product, side, execution_type, filled,
+             status) in cursor:
+            book._fill((strategy, exchange, symbol, product), side, filled or 0, alert_id)
+            if status in T.OPEN_AT_BROKER:
+                book._admit(command_id, InFlight(alert_id, strategy, exchange, symbol, side, execution_type))
         return book
 
 

@@ -4,7 +4,8 @@ The paper exchange (`python -m runtime.cli paper`) and the service (`python -m r
 run as separate processes on 127.0.0.1, the service with `broker.mode = "shoonya"` pointed at the paper process,
 exactly as it would run against the live broker. Rate and risk limits are lifted, `paper.fill_delay_ms = 0`, the
 paper price walk is off (`walk_volatility = 0`: MARKET orders fill at once, the clock does no per-tick work), and
-every order is a one-leg ENTRY of its own strategy and symbol, so no blocker ever stops one. Each phase starts a
+every alert is an ENTRY of its own strategy on instruments from a shared pool that the warm-up has traded (plus a
+few on new instruments, reported apart), so no blocker ever stops one. Each phase starts a
 fresh service on a fresh data_dir and a fresh paper account, so phases do not inherit each other's state.
 
 Clocks: every timestamp is `time.monotonic()` (CLOCK_MONOTONIC, shared by all processes on Linux):
@@ -59,6 +60,7 @@ HOST = "127.0.0.1"
 SECRET = "bench-secret"
 HUGE = 1_000_000_000.0
 P99_LIMIT_MS = 50.0
+SYMBOL_POOL = 64  # instruments the latency, burst and sweep alerts share (each warm-up covers them all)
 SOAK_POOL = 200  # strategies the soak cycles through (ENTRY, then EXIT, ...): open positions stay bounded
 BURST_LEGS_PER_ALERT = 5  # a burst is multi-leg alerts (straddles, condors) from many strategies at one candle close
 SWEEP_RATES = (50, 100, 200, 400, 800, 1600, 3200)  # the doubling ladder; its last entry is the ceiling
@@ -273,12 +275,18 @@ class Conn:
             self.conn = None
 
 
-def alert_body(tag: str, i: int, legs: int = 1) -> bytes:
-    """An ENTRY of its own strategy with `legs` legs, each of its own symbol (so no blocker ever stops one:
-    the guard does not block the legs of one alert against each other)."""
+def alert_body(tag: str, i: int, legs: int = 1, *, fresh_symbols: bool = False) -> bytes:
+    """An ENTRY of its own strategy with `legs` BUY legs. The symbols come from a pool of SYMBOL_POOL instruments
+    that the warm-up has traded, as a trader's strategies share a few dozen instruments: the first order on an
+    instrument costs extra look-ups (SearchScrip, a first quote), which `fresh_symbols=True` measures apart.
+    No blocker ever stops one: each alert is its own strategy, all legs are BUY (no cross-strategy conflict),
+    and the guard does not block the legs of one alert against each other."""
     name = f"B{tag}{i}".upper().replace("-", "")  # real symbols are upper case (SearchScrip upper-cases them)
     leg = '{{"tradingsymbol":"{}-EQ","direction":"BUY","qty":1,"order_type":"MARKET","product_type":"MIS"}}'
-    symbols = [name] if legs == 1 else [f"{name}L{j}" for j in range(legs)]
+    if fresh_symbols:
+        symbols = [name] if legs == 1 else [f"{name}L{j}" for j in range(legs)]
+    else:
+        symbols = [f"BENCH{(i * legs + j) % SYMBOL_POOL}" for j in range(legs)]
     return (f'{{"secret_key":"{SECRET}","alert_id":"{tag}-{i}","strategy_name":"{name}",'
             f'"execution_type":"ENTRY","exchange":"NSE","legs":[{",".join(leg.format(s) for s in symbols)}]}}').encode()
 
@@ -696,6 +704,12 @@ class Bench:
             settle_s = 60 + o.orders / 20
             settled = service.settle(shots, settle_s)
             samples = self.samples(service, shots)
+            # The first order on an instrument the service has not traded yet (extra look-ups), apart.
+            fresh_tag, fresh_n = f"latnew{mode}", 10 if o.quick else 30
+            fresh = service.send(fresh_tag, fresh_n, rate=10.0, connections=2, budget_s=fresh_n / 10 * 3 + 30,
+                                 body=lambda i: alert_body(fresh_tag, i, fresh_symbols=True))
+            service.settle(fresh, 30)
+            fresh_samples = self.samples(service, fresh)
         finally:
             service.close()
         if not settled:
@@ -722,6 +736,8 @@ class Bench:
                 summary([s.executed - s.filled for s in samples if s.executed and s.filled]),
         }
         self.extra["latency_orders"] = len(samples)
+        self.extra["internal_ms_new_instrument"] = summary([s.internal for s in fresh_samples
+                                                            if s.internal is not None])
 
     def _note_problems(self, phase: str, shots: list[Shot], samples: list[Sample]) -> None:
         statuses: dict[int, int] = {}
@@ -1024,6 +1040,9 @@ def render(results: dict, extra: dict, options: Options, notes: list[str]) -> st
         lines.append(f"{'soak recovery_s':<36} {rec}   <=3s  {_verdict(None if rec is None else rec <= 3.0)}")
     if extra.get("internal_from"):
         lines.append(f"internal_ms starts at {extra['internal_from']}")
+    if extra.get("internal_ms_new_instrument"):
+        lines.append(f"internal_ms of an order on an instrument not traded before (SearchScrip + first quote): "
+                     f"{extra['internal_ms_new_instrument']}")
     if extra.get("breakdown"):
         lines += ["", f"{'where internal time goes (ms)':<78} {'p50':>9} {'p99':>9} {'max':>9}"]
         for name, value in extra["breakdown"].items():

@@ -258,3 +258,21 @@ def test_exit_does_not_cancel_other_strategies_or_symbols_and_an_exit_in_flight_
     book.admit(snap(strategy="S1", execution="EXIT", side="SELL", alert="first-exit", command_id="exit1"))
     assert book.evaluate(snap(strategy="S1", execution="EXIT", alert="second-exit")).tag == \
         "DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS"
+
+
+def test_indexes_follow_the_ledger_and_empty_buckets_are_dropped():
+    """The per-strategy / per-instrument / per-book indexes give the same answers as scanning, and do not grow
+    with closed positions or settled orders (a day of thousands of orders keeps the checks O(1))."""
+    book = GuardBook()
+    for k in range(200):
+        order = hold(book, strategy=f"S{k}", symbol="NIFTY", alert=f"a{k}")
+        closing = snap(strategy=f"S{k}", symbol="NIFTY", side="SELL", execution="EXIT", alert=f"x{k}")
+        book.admit(closing)
+        book.on_change(changed(closing, "EXECUTED", order.quantity, 0))
+    assert book.positions == {}
+    assert not book._by_strategy and not book._by_instrument and not book._in_flight_by_book
+    # With one long position left, another strategy's SELL entry on the instrument conflicts; a BUY does not.
+    hold(book, strategy="S7", symbol="NIFTY", alert="b1")
+    assert book.evaluate(snap(strategy="S8", symbol="NIFTY", side="SELL", alert="b2")).tag == \
+        "GUARD_BLOCKED:CROSS_STRATEGY_CONFLICT"
+    assert book.evaluate(snap(strategy="S8", symbol="NIFTY", side="BUY", alert="b3")).tag is None
