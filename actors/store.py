@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable
 
 from loguru import logger
@@ -75,108 +77,179 @@ def _order_response(orders: Iterable[OrderSnapshot]) -> list[dict]:
     ]
 
 
+# ---- constant SQL for the hot path ----------------------------------------------------------------------
+# Built once from the models (column lists cannot drift from the schema) instead of per call: peewee spent
+# most of the store's CPU regenerating the same SQL text for every statement.
+
+ORDER_COLUMNS = tuple(f.column_name for f in Order._meta.sorted_fields)  # "id" first, then the declared order
+_ORDER_INSERT_COLUMNS = tuple(c for c in ORDER_COLUMNS if c != "id")
+_ORDER_DEFAULTS = {f.column_name: f.default for f in Order._meta.sorted_fields
+                   if f.column_name != "id" and not callable(f.default)}
+# What a status change or a broker report may change; the compare-and-set writes exactly these.
+_ORDER_MUTABLE = ("status", "tag", "broker_order_id", "filled_qty", "avg_price", "updated_at")
+_EVENT_COLUMNS = ("command_id", "from_status", "to_status", "tag", "detail", "at")
+_ALERT_COLUMNS = tuple(f.column_name for f in Alert._meta.sorted_fields if f.column_name != "id")
+_EXTERNAL_COLUMNS = tuple(f.column_name for f in ExternalOrder._meta.sorted_fields if f.column_name != "id")
+
+
+def _q(name: str) -> str:
+    return f'"{name}"'
+
+
+def _insert(table: str, columns: tuple[str, ...], param: str) -> str:
+    return (f"INSERT INTO {_q(table)} ({', '.join(map(_q, columns))}) "
+            f"VALUES ({', '.join([param] * len(columns))})")
+
+
+@dataclass(frozen=True)
+class _Sql:
+    order_by_command_id: str
+    order_by_broker_id: str
+    order_insert: str
+    order_cas: str
+    event_insert: str
+    alert_first_accepted: str
+    alert_insert: str
+    external_update: str
+    external_insert: str
+
+
+@lru_cache(maxsize=None)
+def _statements(param: str) -> _Sql:
+    orders, p = _q(Order._meta.table_name), param
+    select = f"SELECT {', '.join(map(_q, ORDER_COLUMNS))} FROM {orders}"
+    alerts, external = _q(Alert._meta.table_name), _q(ExternalOrder._meta.table_name)
+    return _Sql(
+        order_by_command_id=f'{select} WHERE "command_id" = {p}',
+        order_by_broker_id=f'{select} WHERE "broker_order_id" = {p} ORDER BY "id" LIMIT 1',
+        order_insert=_insert(Order._meta.table_name, _ORDER_INSERT_COLUMNS, p),
+        order_cas=(f"UPDATE {orders} SET {', '.join(f'{_q(c)} = {p}' for c in _ORDER_MUTABLE)} "
+                   f'WHERE "command_id" = {p} AND "status" = {p}'),
+        event_insert=_insert(OrderEvent._meta.table_name, _EVENT_COLUMNS, p),
+        alert_first_accepted=(f'SELECT "response" FROM {alerts} WHERE "alert_id" = {p} AND "outcome" = {p} '
+                              f'ORDER BY "id" LIMIT 1'),
+        alert_insert=_insert(Alert._meta.table_name, _ALERT_COLUMNS, p),
+        external_update=(f'UPDATE {external} SET "status" = {p}, "filled_qty" = {p}, "last_seen_at" = {p} '
+                         f'WHERE "broker_order_id" = {p}'),
+        external_insert=_insert(ExternalOrder._meta.table_name, _EXTERNAL_COLUMNS, p),
+    )
+
+
+def _order_snapshot(row: dict) -> OrderSnapshot:
+    return OrderSnapshot.model_validate(row)
+
+
 class OrderStore:
-    """Plain write logic over the peewee models. Every method is one transaction."""
+    """Plain write logic over the store's tables. Every write is one transaction.
+
+    The hot path (register, transition, broker id, broker reports) runs constant SQL through the database's
+    connection; an order is read as a dict of its columns (ORDER_COLUMNS).
+    """
 
     def __init__(self, db):
         self.db = db
+        self.sql = _statements(db.param)
+
+    def _rows(self, sql: str, params: tuple) -> list[tuple]:
+        # fetchall runs the statement to its end: no half-read SELECT keeps a read snapshot open.
+        return self.db.execute_sql(sql, params).fetchall()
+
+    def _order(self, sql: str, key: str) -> dict | None:
+        rows = self._rows(sql, (key,))
+        return dict(zip(ORDER_COLUMNS, rows[0])) if rows else None
+
+    def get_order(self, command_id: str) -> dict | None:
+        """The order's row as a dict of its columns, or None."""
+        return self._order(self.sql.order_by_command_id, command_id)
+
+    def _event(self, command_id: str, from_status: str | None, to_status: str, tag: str | None,
+               detail: str | None, at: str) -> None:
+        self.db.execute_sql(self.sql.event_insert, (command_id, from_status, to_status, tag, detail, at))
+
+    def _alert(self, **values) -> None:
+        assert set(values) <= set(_ALERT_COLUMNS), values  # a misspelt column must not become a silent NULL
+        self.db.execute_sql(self.sql.alert_insert, tuple(values.get(c) for c in _ALERT_COLUMNS))
 
     # ---- alerts ---------------------------------------------------------------------------------
 
     def register_alert(self, msg: RegisterAlert) -> tuple[RegisterResult, list[OrderChanged]]:
         now = utc_now()
         with self.db.atomic():
-            first = (
-                Alert.select()
-                .where((Alert.alert_id == msg.alert_id) & (Alert.outcome == "accepted"))
-                .order_by(Alert.id)
-                .first()
-            )
-            if first is not None:
-                Alert.create(
-                    alert_id=msg.alert_id, received_at=now, source=msg.source, remote_addr=msg.remote_addr,
-                    outcome="duplicate", http_status=200, strategy_name=msg.strategy_name, body=msg.body,
-                    response=first.response,
-                )
-                return RegisterResult(duplicate=True, http_status=200, response=json.loads(first.response)), []
+            first = self._rows(self.sql.alert_first_accepted, (msg.alert_id, "accepted"))
+            if first:
+                response = first[0][0]
+                self._alert(alert_id=msg.alert_id, received_at=now, source=msg.source, remote_addr=msg.remote_addr,
+                            outcome="duplicate", http_status=200, strategy_name=msg.strategy_name, body=msg.body,
+                            response=response)
+                return RegisterResult(duplicate=True, http_status=200, response=json.loads(response)), []
 
             rows = []
             for leg in msg.legs:
-                data = leg.model_dump()
-                data.update(created_at=now, updated_at=now, filled_qty=0)
-                rows.append(data)
-            if rows:
-                Order.insert_many(rows).execute()
-                OrderEvent.insert_many(
-                    [
-                        {"command_id": r["command_id"], "from_status": None, "to_status": r["status"],
-                         "tag": r["tag"], "detail": "registered", "at": now}
-                        for r in rows
-                    ]
-                ).execute()
-            snapshots = tuple(
-                OrderSnapshot.model_validate({**r, "broker_order_id": None, "avg_price": None}) for r in rows
-            )
+                row = dict(_ORDER_DEFAULTS)
+                row.update(leg.model_dump())
+                row.update(created_at=now, updated_at=now, filled_qty=0, broker_order_id=None, avg_price=None)
+                self.db.execute_sql(self.sql.order_insert, tuple(row[c] for c in _ORDER_INSERT_COLUMNS))
+                rows.append(row)
+            for r in rows:
+                self._event(r["command_id"], None, r["status"], r["tag"], "registered", now)
+            snapshots = tuple(_order_snapshot(r) for r in rows)
             response = {"alert_id": msg.alert_id, "orders": _order_response(snapshots)}
-            Alert.create(
-                alert_id=msg.alert_id, received_at=now, source=msg.source, remote_addr=msg.remote_addr,
-                outcome="accepted", http_status=202, strategy_name=msg.strategy_name, body=msg.body,
-                response=json.dumps(response),
-            )
+            self._alert(alert_id=msg.alert_id, received_at=now, source=msg.source, remote_addr=msg.remote_addr,
+                        outcome="accepted", http_status=202, strategy_name=msg.strategy_name, body=msg.body,
+                        response=json.dumps(response))
         changes = [OrderChanged(order=o, from_status=None, to_status=o.status, tag=o.tag, detail="registered")
                    for o in snapshots]
         return RegisterResult(duplicate=False, http_status=202, response=response, orders=snapshots), changes
 
     def record_alert(self, msg: RecordAlert) -> None:
         with self.db.atomic():
-            Alert.create(
-                alert_id=msg.alert_id, received_at=utc_now(), source=msg.source, remote_addr=msg.remote_addr,
-                outcome=msg.outcome, http_status=msg.http_status, strategy_name=msg.strategy_name,
-                body=msg.body, error=msg.error,
-            )
+            self._alert(alert_id=msg.alert_id, received_at=utc_now(), source=msg.source, remote_addr=msg.remote_addr,
+                        outcome=msg.outcome, http_status=msg.http_status, strategy_name=msg.strategy_name,
+                        body=msg.body, error=msg.error)
 
     # ---- orders ---------------------------------------------------------------------------------
 
-    def _apply(self, row: Order, to_status: str | None, tag: str | None, detail: str | None,
+    def _apply(self, row: dict, to_status: str | None, tag: str | None, detail: str | None,
                set_tag: bool = False, **fields) -> OrderChanged | None:
-        """Compare-and-set update of one row plus its event; returns None if the row moved meanwhile."""
+        """Compare-and-set update of one row plus its event; returns None if the row moved meanwhile.
+
+        `row` must have been read inside the current write transaction: the UPDATE writes every mutable column
+        from it. On success `row` is updated in place.
+        """
+        assert set(fields) <= set(_ORDER_MUTABLE), fields
         now = utc_now()
-        from_status = row.status
-        updates = dict(fields, updated_at=now)
+        from_status = row["status"]
+        new = dict(row, **fields, updated_at=now)
         if to_status is not None:
-            updates.update(status=to_status, tag=tag)
+            new.update(status=to_status, tag=tag)
         elif set_tag:
-            updates.update(tag=tag)
-        n = (
-            Order.update(**updates)
-            .where((Order.command_id == row.command_id) & (Order.status == from_status))
-            .execute()
-        )
+            new.update(tag=tag)
+        n = self.db.execute_sql(self.sql.order_cas,
+                                (*(new[c] for c in _ORDER_MUTABLE), row["command_id"], from_status)).rowcount
         if n != 1:
             return None
         if to_status is not None:
-            OrderEvent.create(command_id=row.command_id, from_status=from_status, to_status=to_status,
-                              tag=tag, detail=detail, at=now)
-        prev_filled, prev_broker_id = row.filled_qty, row.broker_order_id
-        for key, value in updates.items():
-            setattr(row, key, value)
-        return OrderChanged(order=snapshot(row), from_status=from_status, to_status=row.status,
-                            prev_filled_qty=prev_filled, prev_broker_order_id=prev_broker_id, tag=row.tag,
+            self._event(row["command_id"], from_status, to_status, tag, detail, now)
+        prev_filled, prev_broker_id = row["filled_qty"], row["broker_order_id"]
+        row.update(new)
+        return OrderChanged(order=_order_snapshot(row), from_status=from_status, to_status=row["status"],
+                            prev_filled_qty=prev_filled, prev_broker_order_id=prev_broker_id, tag=row["tag"],
                             detail=detail)
 
     def transition(self, msg: TransitionOrder) -> tuple[TransitionResult, list[OrderChanged]]:
         with self.db.atomic():
-            row = Order.get_or_none(Order.command_id == msg.command_id)
+            row = self.get_order(msg.command_id)
             if row is None:
                 return TransitionResult(applied=False, reason="UNKNOWN_ORDER"), []
-            if msg.expect_from is not None and row.status not in msg.expect_from:
-                return TransitionResult(applied=False, order=snapshot(row), reason=f"STATUS_IS_{row.status}"), []
-            if not T.is_allowed(row.status, msg.to_status) or (
-                row.status == T.FAILED  # FAILED moves on only through broker-reported fills
+            status = row["status"]
+            if msg.expect_from is not None and status not in msg.expect_from:
+                return TransitionResult(applied=False, order=_order_snapshot(row), reason=f"STATUS_IS_{status}"), []
+            if not T.is_allowed(status, msg.to_status) or (
+                status == T.FAILED  # FAILED moves on only through broker-reported fills
             ):
-                logger.warning("refused illegal transition {} {} -> {} ({})", msg.command_id, row.status,
+                logger.warning("refused illegal transition {} {} -> {} ({})", msg.command_id, status,
                                msg.to_status, msg.tag)
-                return TransitionResult(applied=False, order=snapshot(row), reason="ILLEGAL_TRANSITION"), []
+                return TransitionResult(applied=False, order=_order_snapshot(row), reason="ILLEGAL_TRANSITION"), []
             fields = {"broker_order_id": msg.broker_order_id} if msg.broker_order_id else {}
             change = self._apply(row, msg.to_status, msg.tag, msg.detail, **fields)
         if change is None:
@@ -185,12 +258,12 @@ class OrderStore:
 
     def set_broker_order_id(self, msg: SetBrokerOrderId) -> list[OrderChanged]:
         with self.db.atomic():
-            row = Order.get_or_none(Order.command_id == msg.command_id)
-            if row is None or row.broker_order_id == msg.broker_order_id:
+            row = self.get_order(msg.command_id)
+            if row is None or row["broker_order_id"] == msg.broker_order_id:
                 return []
-            if row.broker_order_id and row.broker_order_id != msg.broker_order_id:
+            if row["broker_order_id"] and row["broker_order_id"] != msg.broker_order_id:
                 logger.error("order {} already has broker id {}; refusing {}", msg.command_id,
-                             row.broker_order_id, msg.broker_order_id)
+                             row["broker_order_id"], msg.broker_order_id)
                 return []
             change = self._apply(row, None, None, "broker accepted", broker_order_id=msg.broker_order_id)
         return [change] if change else []
@@ -253,13 +326,14 @@ class OrderStore:
         changes += [OrderChanged(order=c, from_status=None, to_status=T.CREATED, detail=detail) for c in children]
         return SplitResult(applied=True, orders=(parent, *children)), changes
 
-    def find_for_report(self, report: BrokerOrderReport) -> Order | None:
+    def find_for_report(self, report: BrokerOrderReport) -> dict | None:
+        """Our order a broker report is about (by remarks = command_id, else by broker id), as a row dict."""
         if report.remarks:
-            row = Order.get_or_none(Order.command_id == report.remarks)
+            row = self._order(self.sql.order_by_command_id, report.remarks)
             if row is not None:
                 return row
         if report.broker_order_id:
-            return Order.get_or_none(Order.broker_order_id == report.broker_order_id)
+            return self._order(self.sql.order_by_broker_id, report.broker_order_id)
         return None
 
     def record_external(self, report: BrokerOrderReport) -> bool:
@@ -268,45 +342,56 @@ class OrderStore:
             return False
         now = utc_now()
         status = T.normalise_broker_status(report.status)
-        updated = (ExternalOrder.update(status=status, filled_qty=report.filled_qty, last_seen_at=now)
-                   .where(ExternalOrder.broker_order_id == report.broker_order_id).execute())
+        updated = self.db.execute_sql(self.sql.external_update,
+                                      (status, report.filled_qty, now, report.broker_order_id)).rowcount
         if updated:
             return False
-        ExternalOrder.create(broker_order_id=report.broker_order_id, remarks=report.remarks,
-                             exchange=report.exchange, symbol=report.symbol, side=report.side,
-                             quantity=report.quantity, status=status, filled_qty=report.filled_qty,
-                             first_seen_at=now, last_seen_at=now)
+        values = dict(broker_order_id=report.broker_order_id, remarks=report.remarks, exchange=report.exchange,
+                      symbol=report.symbol, side=report.side, quantity=report.quantity, status=status,
+                      filled_qty=report.filled_qty, first_seen_at=now, last_seen_at=now)
+        self.db.execute_sql(self.sql.external_insert, tuple(values[c] for c in _EXTERNAL_COLUMNS))
         return True
 
+    @staticmethod
+    def _plan(row: dict, view: T.BrokerView) -> T.Plan | None:
+        current = T.OrderState(status=row["status"], filled_qty=row["filled_qty"], avg_price=row["avg_price"],
+                               broker_order_id=row["broker_order_id"], tag=row["tag"])
+        return T.plan_broker_update(current, view)
+
     def apply_broker_report(self, report: BrokerOrderReport) -> tuple[ReportResult, list[OrderChanged]]:
+        view = T.BrokerView(status=T.normalise_broker_status(report.status), filled_qty=report.filled_qty,
+                            avg_price=report.avg_price, broker_order_id=report.broker_order_id,
+                            reason=report.reason)
+        # Most reports (NewAck, PendingNew, New) change nothing: decide that on a plain read, without the write
+        # lock. A no-op judged on a committed row is the report applied at that moment; whatever anyone
+        # writes later comes after it, and plan_broker_update is idempotent and monotonic.
+        row = self.find_for_report(report)
+        if row is not None and self._plan(row, view) is None:
+            return ReportResult(matched=True, command_id=row["command_id"]), []
         with self.db.atomic():
+            # Read again under the write lock: the plan must be made on the row the UPDATE overwrites.
             row = self.find_for_report(report)
             if row is None:
                 return ReportResult(matched=False, external=self.record_external(report)), []
-            current = T.OrderState(status=row.status, filled_qty=row.filled_qty, avg_price=row.avg_price,
-                                   broker_order_id=row.broker_order_id, tag=row.tag)
-            view = T.BrokerView(status=T.normalise_broker_status(report.status), filled_qty=report.filled_qty,
-                                avg_price=report.avg_price, broker_order_id=report.broker_order_id,
-                                reason=report.reason)
-            plan = T.plan_broker_update(current, view)
+            plan = self._plan(row, view)
             if plan is None:
-                return ReportResult(matched=True, command_id=row.command_id), []
+                return ReportResult(matched=True, command_id=row["command_id"]), []
             changes = []
-            if row.status == T.CREATED:
+            if row["status"] == T.CREATED:
                 # The broker has an order we never marked sent (only possible if something else sent it):
                 # record SENT_TO_BROKER first so it can never be sent again.
-                logger.error("broker report for CREATED order {}; recording SENT_TO_BROKER", row.command_id)
+                logger.error("broker report for CREATED order {}; recording SENT_TO_BROKER", row["command_id"])
                 adopted = self._apply(row, T.SENT_TO_BROKER, None, "adopted from broker report")
                 if adopted is None:
-                    return ReportResult(matched=True, command_id=row.command_id), []
+                    return ReportResult(matched=True, command_id=row["command_id"]), []
                 changes.append(adopted)
             detail = f"broker {view.status} via {report.origin}"
-            fields = {"filled_qty": plan.filled_qty, "avg_price": plan.avg_price,
-                      "broker_order_id": plan.broker_order_id}
-            change = self._apply(row, plan.to_status, plan.tag, detail, set_tag=plan.to_status is None, **fields)
+            change = self._apply(row, plan.to_status, plan.tag, detail, set_tag=plan.to_status is None,
+                                 filled_qty=plan.filled_qty, avg_price=plan.avg_price,
+                                 broker_order_id=plan.broker_order_id)
             if change is not None:
                 changes.append(change)
-        return ReportResult(matched=True, command_id=row.command_id, changed=bool(changes)), changes
+        return ReportResult(matched=True, command_id=row["command_id"], changed=bool(changes)), changes
 
 
 class StoreActor(SupervisedActor):
