@@ -51,7 +51,9 @@ class Order(BaseModel):
     filled_qty = IntegerField(default=0)
     avg_price = FloatField(null=True)
     created_at = CharField(max_length=40)
-    updated_at = CharField(max_length=40)
+    # Indexed: risk's open-positions count reads "filled since the last PositionBook" on every ENTRY alert,
+    # which without it scans the whole day's orders.
+    updated_at = CharField(index=True, max_length=40)
     leg_index = IntegerField(default=0)
     parent_command_id = CharField(null=True, max_length=40)
 
