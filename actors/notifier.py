@@ -3,6 +3,11 @@
 It runs in its own thread and nobody waits for it: a dead or slow Telegram delays only notifications.
 Order notifications are derived from StoreActor's OrderChanged stream, so each fact is told exactly once.
 `describe_change` and `Outbox` are the pure parts.
+
+Without a token a notification is only logged. The routine per-order kinds (ROUTINE: alert, placed, filled,
+partial) are logged at DEBUG: the same facts are already INFO event lines of StoreActor (events.jsonl), and
+three INFO lines per order cost CPU on every sink. Everything else (blocked, rejected, risk, external, ledger,
+supervisor, service, ...) stays at INFO, and an undelivered notification is a WARNING event.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from actors.base import SupervisedActor
 from messages.commands import Notify, Tick
 from messages.orders import OrderChanged
 from runtime.ticker import Ticker
+
+# Notification kinds that every order produces; logged at DEBUG when there is no token (see the docstring).
+ROUTINE = frozenset({"alert", "placed", "filled", "partial"})
 
 
 def describe_change(change: OrderChanged) -> Notify | None:
@@ -121,7 +129,7 @@ class NotifierActor(SupervisedActor):
         del self.sent[:-500]
         if not self.cfg.token:
             self.stats["logged"] += 1
-            logger.info("notify [{}] {}", note.kind, note.text)
+            logger.log("DEBUG" if note.kind in ROUTINE else "INFO", "notify [{}] {}", note.kind, note.text)
             return
         self.outbox.add(note)
         self._flush()

@@ -177,7 +177,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def classify_request_exception(exc: BaseException, route: str | None = None) -> BrokerError:
-    """Map a `requests` (or socket) exception to NotSent or UnknownOutcome.
+    """Map a `requests`, urllib3 or socket exception to NotSent or UnknownOutcome.
+
+    The REST client sends through urllib3 (the pool of requests' HTTPAdapter) and passes urllib3's exceptions
+    here unwrapped; each is classified as the requests exception that HTTPAdapter.send wraps it in would be.
 
     NotSent: nothing reached the server (connection refused, connect timeout, DNS failure, TLS certificate
     failure, a closed pool, an invalid URL). UnknownOutcome: the request may have been written (read timeout,
@@ -198,7 +201,8 @@ def classify_request_exception(exc: BaseException, route: str | None = None) -> 
     if isinstance(exc, requests.exceptions.ConnectTimeout):
         return not_sent("connect timeout")
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
-                        requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader)):
+                        requests.exceptions.InvalidSchema, requests.exceptions.InvalidHeader,
+                        u3.LocationValueError)):
         return not_sent("invalid request")
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError)):
         return unknown("truncated reply")
