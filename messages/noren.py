@@ -9,6 +9,7 @@ never leaks them.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -433,11 +434,30 @@ class WsTouchline(NorenModel):
     bq1: Int = None
     sq1: Int = None
     ft: Str = None
+    uc: Float = None  # not in the documented touchline (GetQuotes has them); kept when a server sends them
+    lc: Float = None
 
     @property
     def key(self) -> str:
         """`EXCH|TOKEN`, the form used to subscribe."""
         return f"{self.e}|{self.tk}"
+
+
+def touch_fields(message: dict[str, Any]) -> dict[str, float | int | None]:
+    """lp / uc / lc / ti / ls of a `tk` / `tf` push, only those it carries (a `tf` carries what changed), parsed
+    as tolerantly as the models ("", "None" -> None). Raises ValueError on a value that is not a finite number.
+
+    The WebSocket thread runs this on every touchline tick, so it reads five fields instead of validating a model."""
+    fields: dict[str, float | int | None] = {}
+    for name in ("lp", "uc", "lc", "ti", "ls"):
+        if name not in message:
+            continue
+        value = _to_int(message[name]) if name == "ls" else _to_float(message[name])
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ValueError(f"touchline {name} is not a number: {message[name]!r}")
+        fields[name] = value
+    return fields
 
 
 class WsAck(NorenModel):

@@ -207,12 +207,13 @@ class PaperServer:
         self._wake.set()
 
     @staticmethod
-    def _touchline(quote: dict) -> dict:
-        fields = ("lp", "pc", "v", "o", "h", "l", "c", "ti", "ls", "pp", "uc", "lc")
+    def _touchline(quote: dict, depth: bool = False) -> dict:
+        # The documented touchline has no circuit limits (uc / lc): GetQuotes and the depth feed have them.
+        fields = ("lp", "pc", "v", "o", "h", "l", "c", "ti", "ls", "pp") + (("uc", "lc") if depth else ())
         return {"e": quote["exch"], "tk": quote["token"], "ts": quote["tsym"], **{k: quote[k] for k in fields}}
 
     def _send_delta(self, client: Client, key: tuple[str, str], quote: dict) -> None:
-        current = self._touchline(quote)
+        current = self._touchline(quote, depth=client.feed.get(key) == "d")
         last = client.subs[key]
         delta = {k: v for k, v in current.items() if last.get(k) != v}
         if not delta:
@@ -478,7 +479,7 @@ class PaperServer:
             if inst is None:
                 logger.debug("paper exchange: subscription to unknown scrip {}|{}", *key)
                 continue
-            snapshot = self._touchline(inst.quote())
+            snapshot = self._touchline(inst.quote(), depth=kind == "d")
             client.subs[key] = snapshot
             client.feed[key] = kind
             client.send({"t": "dk" if kind == "d" else "tk", **snapshot})
