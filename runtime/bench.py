@@ -17,16 +17,14 @@ Clocks: every timestamp is `time.monotonic()` (CLOCK_MONOTONIC, shared by all pr
 
 Figures (latencies as p50 / p99 / max in ms):
   ack_ms                     client: request written -> 202 read (keep-alive connection)
-  internal_ms                alert received -> PlaceOrder arrived at the exchange. The service logs no receipt
-                             stamp today, so the interval starts when the bench writes the request: it includes the
-                             loopback TCP hop and waitress's read and dispatch to a worker thread (an upper bound;
-                             BENCHMARKS.md). If the "accepted" alert line carries `received_mono` (the ingress
-                             change proposed in BENCHMARKS.md), the interval starts there instead.
+  internal_ms                alert received -> PlaceOrder arrived at the exchange: from the service's own receipt
+                             stamp (`received_mono` on the "accepted" alert line, taken when the listener got the
+                             request), or from the bench's write if a service logs none (an upper bound)
   fill_to_executed_ms_ws     exchange final fill -> EXECUTED committed (the EXECUTED event's `mono`), WebSocket
   fill_to_executed_ms_poll   the same with use_websocket = false and poll_interval_s = 1.0
   throughput_orders_per_s    highest sustained offered rate (stepped up) whose internal p99 stays under 50 ms,
                              with every order delivered and the offered rate actually achieved by the bench
-  burst                      B one-leg alerts from many concurrent clients at once: seconds until every 202 (all
+  burst                      B legs as alerts of up to 5 legs from as many concurrent clients, written at once: seconds until every 202 (all
                              legs CREATED, durably) and until every leg is EXECUTED
   floor                      one durable SQLite commit (WAL, synchronous=FULL, storage/db.py's pragmas) and one
                              loopback HTTP round trip (UserDetails over a keep-alive connection), measured here
