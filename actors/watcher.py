@@ -1,29 +1,80 @@
 """WatcherActor: step 6 — the broker's truth back into the database.
 
-WebSocket order updates (forwarded by BrokerActor) are applied as they arrive; OrderBook polling runs behind
-them as the fallback and the reconciliation. Orders whose PlaceOrder outcome is unknown are looked up by their
-command_id in the OrderBook `remarks`; after a grace period and several look-ups they become FAILED
-LOST_IN_FLIGHT (and are still adopted if they show up later). `PollFilter` and `LostTracker` are the pure parts.
+WebSocket order updates (forwarded by BrokerActor) are applied as they arrive. The OrderBook is read behind
+them as the fallback and the reconciliation. While the WebSocket is down (or switched off) the book is read
+every `poll_interval_s` while any order of ours is open, as the only source of fills. While it is connected,
+reading the whole day's book every interval would cost O(orders of the day) each time for nothing, so the
+book is read only when something may have been missed: an order whose PlaceOrder outcome is unknown, every
+(re)connection, and a periodic full reconcile (which also picks up external orders and late adoptions). An
+open order with no news for a while (a missed push, or a resting order) is looked up on its own with
+SingleOrdHist, which costs the same whatever the size of the day's book.
+
+Orders whose PlaceOrder outcome is unknown are looked up by their command_id in the OrderBook `remarks`;
+after a grace period and several look-ups they become FAILED LOST_IN_FLIGHT (and are still adopted if they
+show up later). Only book rows that would change something in the database are forwarded to the store: the
+comparison uses the store's own rule (`plan_broker_update`), so the outcome is the same as forwarding every
+row. `PollFilter`, `LostTracker`, `Silence` and `BookReconciler` are the plain parts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Iterable
 
 from loguru import logger
 
 from actors.base import SupervisedActor
 
 from messages.commands import BrokerOrderReport, PositionsSnapshot, Tick, TransitionOrder
+from messages.noren import TERMINAL_STATUSES
 from runtime.noren.errors import BrokerError, SessionExpired
 from runtime.ticker import Ticker
 from storage import transitions as T
-from storage.models import Order
+from storage.models import ExternalOrder, Order
 
 SIDES = {"B": "BUY", "S": "SELL"}
+# WebSocket down or off: with nothing of ours open, read the book only every 5th tick.
 IDLE_POLL_EVERY = 5
+# WebSocket connected: a full reconcile every 15 poll intervals (30 s at the default 2 s), at most every 60 s.
+# Tied to poll_interval_s because that is the operator's "how stale may the database be" knob. It is only the
+# net under the pushes and the look-ups below, and it is what a soak pays for: every read of the whole day's
+# book costs CPU (a GIL stall in the ack path) and transient memory in proportion to the orders of the day.
+RECONCILE_EVERY_POLLS = 15
+RECONCILE_MAX_S = 60.0
+# WebSocket connected: an open order with no push for 5 intervals (10 s) is looked up (SingleOrdHist), then
+# again after twice as long each time it is still quiet (a resting limit order), up to the reconcile period.
+QUIET_AFTER_POLLS = 5
+# At most this many of those look-ups per tick (the broker's rate limits); the others wait for the next tick.
+QUIET_LOOKUPS_PER_TICK = 5
+# ... and an order with a broker id that has had no push at all after 2 intervals: its acks normally arrive
+# within milliseconds of the placement, so this is the sign of a socket that is up but not delivering.
+UNHEARD_AFTER_POLLS = 2
+# WebSocket connected: a SENT_TO_BROKER order still without broker id this long after its claim has an
+# unknown outcome (a normal PlaceOrder answers in milliseconds): read the book on every tick for it.
+NO_ID_LOOKUP_AFTER_S = 1.0
+# WebSocket connected: the periodic reconcile is also spaced at least 20 times the last read's duration apart,
+# so that with a huge day's book (100 000 rows take seconds) it stays a few percent of the time; look-ups for
+# unknown outcomes and the read after a reconnection are never held back.
+NET_READ_SPACING = 20
+# Ids per `IN (...)` when comparing the book with the database (well under SQLite's variable limit).
+COMPARE_CHUNK = 500
+# A parsed book costs ~5 KB a row while it is alive, and glibc keeps the freed heap: after reading a large
+# book the process would keep that high-water mark (~600 MB at 100 000 rows). Give it back to the OS after
+# such a read (a trim takes up to ~20 ms, against ~50 ms of parsing for 1 000 rows).
+TRIM_AFTER_ROWS = 1_000
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to give back this way
+        return None
+
+
+MALLOC_TRIM = _malloc_trim()
 
 
 def report_from_row(row, origin: str) -> BrokerOrderReport:
@@ -36,24 +87,57 @@ def report_from_row(row, origin: str) -> BrokerOrderReport:
     )
 
 
+def view_of_row(row) -> T.BrokerView:
+    """What the store will make of this row once it is a BrokerOrderReport (the same conversion)."""
+    return T.BrokerView(status=T.normalise_broker_status(row.status or ""), filled_qty=int(row.fillshares or 0),
+                        avg_price=row.avgprc, broker_order_id=row.norenordno, reason=row.rejreason)
+
+
 @dataclass
 class PollFilter:
-    """Forward only OrderBook rows that changed since the last poll (the store need not re-read the rest)."""
+    """The book rows already dealt with: key (broker id, else remarks) -> (status, filled, avg) last handled.
+
+    An open row with the same state as last time need not be compared or forwarded again. Rows that are
+    terminal at the broker and agree with our database are not kept (`settle`), so memory stays bounded by the
+    orders still open; `keep_only` drops whatever left the book (a new trading day)."""
 
     seen: dict[str, tuple] = field(default_factory=dict)
+
+    @staticmethod
+    def key(broker_order_id: str | None, remarks: str | None) -> str:
+        return broker_order_id or remarks or ""
+
+    def unchanged(self, key: str, state: tuple) -> bool:
+        return self.seen.get(key) == state
+
+    def remember(self, key: str, state: tuple) -> None:
+        self.seen[key] = state
+
+    def settle(self, key: str) -> None:
+        self.seen.pop(key, None)
+
+    def keep_only(self, keys: set[str]) -> None:
+        for key in [k for k in self.seen if k not in keys]:
+            del self.seen[key]
 
     def changed(self, reports: list[BrokerOrderReport]) -> list[BrokerOrderReport]:
         out = []
         for r in reports:
-            key = r.broker_order_id or r.remarks or ""
+            key = self.key(r.broker_order_id, r.remarks)
             state = (r.status, r.filled_qty, r.avg_price)
-            if self.seen.get(key) != state:
-                self.seen[key] = state
+            if not self.unchanged(key, state):
+                self.remember(key, state)
                 out.append(r)
         return out
 
     def forget(self) -> None:
         self.seen.clear()
+
+    def forget_open(self) -> None:
+        """Compare the open rows with the database again at the next read (a full reconcile); the terminal
+        rows kept here were forwarded and are not yet confirmed, and must not be forwarded again."""
+        for key in [k for k, state in self.seen.items() if state[0] not in TERMINAL_STATUSES]:
+            del self.seen[key]
 
 
 @dataclass
@@ -82,6 +166,192 @@ class LostTracker:
         return lost
 
 
+@dataclass
+class Silence:
+    """When each open order (by command_id) is due a look-up in the book because no push has come for it.
+
+    A push resets its wait to `quiet_s`; an order never heard of at all is due after `unheard_s`; each book
+    read that covered it doubles the wait, up to `max_s` (a resting order is not looked up every interval)."""
+
+    quiet_s: float
+    unheard_s: float
+    max_s: float
+    due: dict[str, float] = field(default_factory=dict)
+    wait: dict[str, float] = field(default_factory=dict)
+    heard_at: dict[str, float] = field(default_factory=dict)  # pushes, also for orders not tracked yet
+
+    def heard(self, command_id: str, now: float) -> None:
+        self.heard_at[command_id] = now
+        if command_id in self.due:
+            self.due[command_id] = now + self.quiet_s
+            self.wait[command_id] = self.quiet_s
+
+    def track(self, with_broker_id: Iterable[str], open_ids: set[str], now: float) -> None:
+        """The open orders that have a broker id are tracked; orders no longer open are forgotten."""
+        for command_id in with_broker_id:
+            if command_id not in self.due:
+                heard = self.heard_at.get(command_id)
+                self.due[command_id] = heard + self.quiet_s if heard is not None else now + self.unheard_s
+                self.wait[command_id] = self.quiet_s
+        for table in (self.due, self.wait, self.heard_at):
+            for command_id in [c for c in table if c not in open_ids]:
+                del table[command_id]
+
+    def overdue(self, now: float) -> list[str]:
+        return [command_id for command_id, due in self.due.items() if due <= now]
+
+    def looked_up(self, now: float, command_ids: Iterable[str] | None = None) -> None:
+        """These orders (default: every tracked one, a book read covers them all) were looked up: back off."""
+        for command_id in list(self.due) if command_ids is None else command_ids:
+            if command_id in self.due:
+                self.wait[command_id] = min(self.wait[command_id] * 2, self.max_s)
+                self.due[command_id] = now + self.wait[command_id]
+
+
+def _chunks(items: list, size: int = COMPARE_CHUNK):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _run(sql: str, params: list) -> list[tuple]:
+    return Order._meta.database.execute_sql(sql, params).fetchall()
+
+
+def _marks(count: int, width: int = 1) -> str:
+    one = "(" + ",".join("?" * width) + ")" if width > 1 else "?"
+    return ",".join([one] * count)
+
+
+# Constant SQL text: at a 100 000-row book, building the same queries with peewee costs more than running them.
+_ORDERS, _EXTERNAL = Order._meta.table_name, ExternalOrder._meta.table_name
+_STATE_COLUMNS = "o.status, o.filled_qty, o.avg_price, o.broker_order_id, o.tag"
+# Book rows matched by remarks = command_id, minus those already settled: an EXECUTED order with its broker
+# id, its price and at least the row's fills (EXECUTED is terminal: nothing else could still be written; the
+# same shortcut as `report_changes`). Rows that match no command_id come back with a NULL status.
+_BY_REMARKS_SQL = ("WITH book(i, cid, filled) AS (VALUES {marks}) SELECT book.i, " + _STATE_COLUMNS
+                   + " FROM book LEFT JOIN " + _ORDERS + " o ON o.command_id = book.cid"
+                   " WHERE o.command_id IS NULL OR NOT (o.status = 'EXECUTED' AND o.broker_order_id IS NOT NULL"
+                   " AND o.broker_order_id <> '' AND o.avg_price IS NOT NULL AND o.filled_qty >= book.filled)")
+_BY_BROKER_ID_SQL = ("SELECT o.broker_order_id, " + _STATE_COLUMNS + " FROM " + _ORDERS
+                     + " o WHERE o.broker_order_id IN ({marks})")
+_EXTERNAL_SQL = "SELECT broker_order_id, status, filled_qty FROM " + _EXTERNAL + " WHERE broker_order_id IN ({marks})"
+SETTLED = "settled"  # by_remarks: ours, and nothing to change
+
+
+def by_remarks(rows: list) -> list:
+    """For each row (with remarks): SETTLED, our OrderState, or None when its remarks are no command_id."""
+    out: list = [SETTLED] * len(rows)
+    size = COMPARE_CHUNK // 3 * 3
+    for base in range(0, len(rows), size):
+        chunk = rows[base:base + size]
+        params = []
+        for i, row in enumerate(chunk, start=base):
+            params += (i, row.remarks, int(row.fillshares or 0))
+        for i, status, filled, avg, broker_id, tag in _run(_BY_REMARKS_SQL.format(marks=_marks(len(chunk), 3)),
+                                                           params):
+            out[i] = None if status is None else T.OrderState(status, filled, avg, broker_id, tag)
+    return out
+
+
+def by_broker_id(broker_ids: list[str]) -> dict[str, T.OrderState]:
+    out: dict[str, T.OrderState] = {}
+    for chunk in _chunks(broker_ids):
+        for bid, status, filled, avg, broker_id, tag in _run(_BY_BROKER_ID_SQL.format(marks=_marks(len(chunk))),
+                                                             chunk):
+            out.setdefault(bid, T.OrderState(status, filled, avg, broker_id, tag))
+    return out
+
+
+def external_states(broker_ids: list[str]) -> dict[str, tuple[str, int]]:
+    """Recorded external orders: broker id -> (status, filled_qty)."""
+    out = {}
+    for chunk in _chunks(broker_ids):
+        for bid, status, filled in _run(_EXTERNAL_SQL.format(marks=_marks(len(chunk))), chunk):
+            out[bid] = (status, filled)
+    return out
+
+
+def report_changes(current: T.OrderState, row) -> bool:
+    """Would the store change `current` for this book row? `plan_broker_update`, with a shortcut for the
+    common case of a reconcile: an EXECUTED order that already has its fills, price and broker id (EXECUTED
+    is terminal: only more fills, a first price or a first broker id could still be written)."""
+    if (current.status == T.EXECUTED and current.broker_order_id and current.avg_price is not None
+            and current.filled_qty >= int(row.fillshares or 0)):
+        return False
+    return T.plan_broker_update(current, view_of_row(row)) is not None
+
+
+@dataclass
+class BookReconciler:
+    """Decides which OrderBook rows go to the store: those that would change something there.
+
+    Our order (matched like the store does: remarks = command_id, else broker id): forwarded when
+    `plan_broker_update` against its row in the database plans a change. Not ours: forwarded when it is not
+    yet in `external_orders` or its status or fills moved (the store records it; only the first sighting is
+    notified). Open rows unchanged since the last read are skipped without a database read (PollFilter);
+    terminal rows are compared every time, and forgotten once the database agrees (bounded memory)."""
+
+    filter: PollFilter = field(default_factory=PollFilter)
+
+    def select(self, book: list, complete: bool = True) -> list[BrokerOrderReport]:
+        """`book`: the whole OrderBook, or (complete=False) the latest state of some orders."""
+        seen = self.filter.seen
+        still_listed = set()
+        candidates = []
+        for row in book:
+            if row.status in TERMINAL_STATUSES:
+                candidates.append(row)
+                if seen:
+                    key = row.norenordno or row.remarks or ""
+                    if key in seen:
+                        still_listed.add(key)
+                continue
+            key = row.norenordno or row.remarks or ""
+            if key in seen:
+                still_listed.add(key)
+                if seen[key] == (row.status or "", row.fillshares, row.avgprc):
+                    continue  # open, and as it was when last handled
+            candidates.append(row)
+        if complete:
+            self.filter.keep_only(still_listed)
+        if not candidates:
+            return []
+        with_remarks = [row for row in candidates if row.remarks]
+        matched = dict(zip(map(id, with_remarks), by_remarks(with_remarks)))
+        by_id_wanted = [row.norenordno for row in candidates if row.norenordno and matched.get(id(row)) is None]
+        ours_by_id = by_broker_id(by_id_wanted) if by_id_wanted else {}
+        external_wanted = [bid for bid in by_id_wanted if bid not in ours_by_id]
+        external = external_states(external_wanted) if external_wanted else {}
+
+        out = []
+        for row in candidates:
+            current = matched.get(id(row))
+            if current is None and row.norenordno:
+                current = ours_by_id.get(row.norenordno)
+            if current is SETTLED:
+                differs = False
+            elif current is not None:
+                differs = report_changes(current, row)
+            elif row.norenordno:
+                recorded = external.get(row.norenordno)
+                differs = recorded != (T.normalise_broker_status(row.status or ""), int(row.fillshares or 0))
+            else:
+                differs = False  # not ours and no broker id: the store could not record it either
+            key = PollFilter.key(row.norenordno, row.remarks)
+            state = (row.status or "", row.fillshares, row.avgprc)
+            terminal = row.status in TERMINAL_STATUSES
+            if differs:
+                if terminal and self.filter.unchanged(key, state):
+                    continue  # forwarded already; the store has it queued (or refused it): never loop on it
+                self.filter.remember(key, state)
+                out.append(report_from_row(row, "poll"))
+            elif terminal:
+                self.filter.settle(key)
+            else:
+                self.filter.remember(key, state)
+        return out
+
+
 def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
@@ -89,16 +359,31 @@ def _epoch(iso: str) -> float:
 class WatcherActor(SupervisedActor):
     registry_name = "watcher"
 
-    def __init__(self, registry, config):
+    def __init__(self, registry, config, startup: bool = False):
         super().__init__(registry)
         self.config = config
+        b = config.broker
         self.reader = None
-        self.filter = PollFilter()
-        self.lost = LostTracker(config.broker.lost_grace_s, config.broker.lost_min_lookups)
+        self.reconciler = BookReconciler()
+        self.lost = LostTracker(b.lost_grace_s, b.lost_min_lookups)
+        self.reconcile_s = min(RECONCILE_MAX_S, RECONCILE_EVERY_POLLS * b.poll_interval_s)
+        quiet = min(self.reconcile_s, QUIET_AFTER_POLLS * b.poll_interval_s)
+        self.silence = Silence(quiet_s=quiet, unheard_s=min(quiet, UNHEARD_AFTER_POLLS * b.poll_interval_s),
+                               max_s=self.reconcile_s)
         self.tickers: list[Ticker] = []
         self.ws_state = "disconnected"
-        self.last_poll_ok: float | None = None
+        self.ws_up_since: float | None = None  # monotonic: when this actor learnt of the current connection
+        # System start: the first connection is covered by the start-up read (`poll_now`), which follows.
+        self.awaiting_startup_read = startup
+        self.last_poll_ok: float | None = None  # epoch of the last successful book read
+        self.last_read_started: float | None = None  # monotonic
+        self.last_read_s = 0.0  # how long it took: fetch, parse and comparison
+        self.rechecked_at = float("-inf")  # monotonic: when the open rows were last all compared again
+        self.read_wanted = False
+        self.reads: dict[str, int] = {}  # successful book reads by reason (diagnostics, tests)
+        self.forwarded = 0  # book rows forwarded to the store
         self.idle_polls = 0
+        self.by_broker_id: dict[str, str] = {}  # open orders: broker id -> command_id (pushes without remarks)
 
     def on_start(self):
         self.reader = self.registry.ask("broker", "reader", timeout=10)
@@ -111,8 +396,16 @@ class WatcherActor(SupervisedActor):
         for ticker in self.tickers:
             ticker.stop()
 
+    @property
+    def ws_healthy(self) -> bool:
+        return self.ws_state == "connected"
+
     def handle(self, message):
         if isinstance(message, BrokerOrderReport):
+            if message.origin != "poll":
+                command_id = message.remarks or self.by_broker_id.get(message.broker_order_id or "")
+                if command_id:
+                    self.silence.heard(command_id, time.monotonic())
             self.registry.tell("store", message)
             return None
         if isinstance(message, Tick):
@@ -121,8 +414,18 @@ class WatcherActor(SupervisedActor):
             elif message.name == "positions":
                 self.poll_positions()
             return None
-        if message == "lookup" or message == "poll_now":
-            self.poll_orders(force=True)
+        if message == "lookup":
+            if self.ws_healthy:
+                self.read_wanted = True  # next tick: a burst of look-ups (a flatten's cancels) is one read
+            else:
+                self.poll_orders(force=True)
+            return True
+        if message == "poll_now":
+            self.awaiting_startup_read = False
+            if self.ws_healthy and self.last_read_started is not None and self.last_read_started >= self.ws_up_since:
+                logger.debug("start-up read skipped: the book was read after the WebSocket connected")
+            else:
+                self.poll_orders(force=True, reason="start-up")
             return True
         if isinstance(message, str) and message.startswith("ws:"):
             self.ws_state = message[3:]
@@ -130,11 +433,20 @@ class WatcherActor(SupervisedActor):
             if self.ws_state == "auth_failed":
                 self.registry.tell("broker", "relogin")  # the token was refused: a fresh login re-authenticates
             if self.ws_state == "connected":
-                self.filter.forget()  # re-read everything: pushes may have been missed while down
-                self.poll_orders(force=True)
+                self.ws_up_since = time.monotonic()
+                if self.awaiting_startup_read:
+                    logger.debug("WebSocket connected before the start-up read, which will cover it")
+                else:
+                    # Pushes may have been missed while it was down: read everything again, now that the
+                    # subscription is in place (whatever changes after this read is pushed).
+                    self.reconciler.filter.forget()
+                    self.poll_orders(force=True, reason="reconnect")
+            else:
+                self.ws_up_since = None
             return None
         if message == "status":
-            return {"ws": self.ws_state, "last_poll_ok": self.last_poll_ok}
+            return {"ws": self.ws_state, "last_poll_ok": self.last_poll_ok, "reads": dict(self.reads),
+                    "forwarded": self.forwarded, "filter_size": len(self.reconciler.filter.seen)}
         return None
 
     def _read(self, call):
@@ -147,22 +459,85 @@ class WatcherActor(SupervisedActor):
             logger.warning("broker read failed: {}", exc)
         return None
 
-    def poll_orders(self, force: bool = False) -> None:
+    def _why_read(self, open_rows: list, now: float) -> str | None:
+        """With the WebSocket connected: the reason to read the whole book now, or None."""
+        if self.read_wanted:
+            return "lookup"
+        wall = time.time()
+        if any(r.status == T.SENT_TO_BROKER and not r.broker_order_id
+               and wall - _epoch(r.updated_at) >= NO_ID_LOOKUP_AFTER_S for r in open_rows):
+            return "unknown-outcome"
+        if self.last_read_started is None:
+            return "reconcile"
+        since = now - self.last_read_started
+        if since >= self.reconcile_s and since >= NET_READ_SPACING * self.last_read_s:
+            return "reconcile"
+        if self.silence.overdue(now):
+            return "quiet-order"  # not a book read: one SingleOrdHist each
+        return None
+
+    def poll_orders(self, force: bool = False, reason: str | None = None) -> None:
         open_rows = list(Order.select(Order.command_id, Order.status, Order.broker_order_id, Order.updated_at)
                          .where(Order.status.in_([T.SENT_TO_BROKER, T.PARTIAL])))
-        self.idle_polls = 0 if open_rows else self.idle_polls + 1
-        if not open_rows and not force and self.idle_polls % IDLE_POLL_EVERY:
-            return  # nothing of ours open: reconcile (external orders, late adoptions) less often
+        now = time.monotonic()
+        self.by_broker_id = {r.broker_order_id: r.command_id for r in open_rows if r.broker_order_id}
+        self.silence.track(self.by_broker_id.values(), {r.command_id for r in open_rows}, now)
+        if force:
+            reason = reason or "lookup"
+        elif self.ws_healthy:
+            reason = self._why_read(open_rows, now)
+            if reason is None:
+                return
+            if reason == "quiet-order":
+                quiet = self.silence.overdue(now)[:QUIET_LOOKUPS_PER_TICK]
+                self._look_up_quiet(quiet, {r.command_id: r.broker_order_id for r in open_rows})
+                return
+        else:
+            self.idle_polls = 0 if open_rows else self.idle_polls + 1
+            if not open_rows and self.idle_polls % IDLE_POLL_EVERY:
+                return  # nothing of ours open: reconcile (external orders, late adoptions) less often
+            reason = "poll"
+        self._read_book(open_rows, now, reason)
+
+    def _look_up_quiet(self, command_ids: list[str], broker_ids: dict[str, str]) -> None:
+        """SingleOrdHist for each quiet order: its newest state goes through the same comparison as a book row."""
+        for command_id in command_ids:
+            history = self._read(lambda: self.reader.single_order_history(broker_ids[command_id]))
+            self.silence.looked_up(time.monotonic(), (command_id,))  # failed or not: not again at once
+            if not history:
+                continue  # the next look-up or the reconcile will see it
+            self.reads["order-history"] = self.reads.get("order-history", 0) + 1
+            forwarded = self.reconciler.select(history[:1], complete=False)
+            self.forwarded += len(forwarded)
+            for report in forwarded:
+                logger.info("order {} was quiet: its {} state came from SingleOrdHist", command_id, report.status)
+                self.registry.tell("store", report)
+
+    def _read_book(self, open_rows: list, started: float, reason: str) -> None:
         book = self._read(self.reader.order_book)
         if book is None:
             return
-        self.last_poll_ok = time.time()
-        reports = [report_from_row(row, "poll") for row in book]
-        for report in self.filter.changed(reports):
+        self.last_read_started, self.last_poll_ok = started, time.time()
+        self.read_wanted = self.awaiting_startup_read = False  # any read after a connection covers it
+        self.reads[reason] = self.reads.get(reason, 0) + 1
+        if started - self.rechecked_at >= self.reconcile_s:
+            self.reconciler.filter.forget_open()  # a full reconcile: nothing is taken on trust for long
+            self.rechecked_at = started
+        forwarded = self.reconciler.select(book)
+        self.forwarded += len(forwarded)
+        for report in forwarded:
             self.registry.tell("store", report)  # ours are applied; others are recorded as external
-        found = {r.remarks for r in reports if r.remarks}
         pending = {r.command_id: _epoch(r.updated_at) for r in open_rows
                    if r.status == T.SENT_TO_BROKER and not r.broker_order_id}
+        found = {row.remarks for row in book if row.remarks in pending} if pending else set()
+        rows = len(book)
+        del book
+        if rows >= TRIM_AFTER_ROWS and MALLOC_TRIM is not None:
+            MALLOC_TRIM(0)
+        self.last_read_s = time.monotonic() - started
+        self.silence.looked_up(time.monotonic())
+        if reason not in ("poll", "unknown-outcome") or forwarded:
+            logger.debug("OrderBook read ({}): {} rows, {} forwarded", reason, rows, len(forwarded))
         for command_id in self.lost.observe(pending, found, time.time()):
             logger.error("order {} not found at the broker after the grace period: LOST_IN_FLIGHT", command_id)
             self.registry.tell("store", TransitionOrder(

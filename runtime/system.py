@@ -40,6 +40,13 @@ from storage.models import Order
 LIVE_REST_URL = "https://api.shoonya.com/NorenWClientTP/"
 LIVE_WS_URL = "wss://api.shoonya.com/NorenWSTP/"
 SUBSCRIBERS = ("guard", "notifier")
+# Start-up: how long recovery waits for the WebSocket before reading the OrderBook. A book read made after the
+# connection covers it (the watcher need not read the whole book a second time); a socket that is slower than
+# this costs one more read when it connects, never a gap.
+WS_WAIT_AT_START_S = 2.0
+# Start-up reconciliation: the OrderBook read and what it forwards (the read itself is bounded by the REST
+# client's request_timeout_s; a large day's book can take a while to parse).
+RECOVER_TIMEOUT_S = 60.0
 STOP_ORDER = ("ingress", "risk", "guard", "broker", "watcher", "notifier", "store")
 
 
@@ -100,7 +107,10 @@ class System:
         self.supervisor = Supervisor(reg, self.factories)
         reg.supervisor = self.supervisor
         for name in ("store", "notifier", "broker", "watcher", "guard", "risk"):
-            reg.set(name, self.factories[name]())
+            if name == "watcher":  # the first watcher knows recover() reads the book; a restarted one does not
+                reg.set(name, WatcherActor.start(reg, cfg, startup=True))
+            else:
+                reg.set(name, self.factories[name]())
         self.recover()
         self.app = IngressApp(reg, cfg)
         port = cfg.service.port if self.listen_port is None else self.listen_port
@@ -117,13 +127,18 @@ class System:
     def recover(self) -> None:
         """Before the listener accepts alerts: reconcile with the broker, then settle CREATED orders.
 
-        Non-terminal orders are first matched against the broker's OrderBook (by remarks = command_id).
+        Our orders are first matched against the broker's OrderBook (by remarks = command_id): one read, made
+        after the WebSocket has connected when it does so within WS_WAIT_AT_START_S, so that the watcher need
+        not read the whole book again for that first connection; only rows that change something (or external
+        orders not yet recorded) reach the store, and this waits until the store has applied them.
         CREATED orders were never sent (the SENT_TO_BROKER commit precedes every send): those older than
         max_signal_age_s become FAILED EXPIRED_ON_RESTART, younger ones continue through the blockers.
         """
         try:
-            self.registry.ask("watcher", "poll_now", timeout=30)
-            self.registry.ask("store", "sync", timeout=30)
+            if self.config.broker.use_websocket:
+                self._wait_for_websocket(WS_WAIT_AT_START_S)
+            self.registry.ask("watcher", "poll_now", timeout=RECOVER_TIMEOUT_S)
+            self.registry.ask("store", "sync", timeout=RECOVER_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a broker outage must not stop the service starting
             logger.warning("start-up reconciliation incomplete ({!r}); polling continues", exc)
         max_age = timedelta(seconds=self.config.service.max_signal_age_s)
@@ -144,6 +159,15 @@ class System:
             self.registry.tell("risk", OrdersRegistered(orders=tuple(orders)))
         if by_alert:
             logger.info("recovery: CREATED orders of {} alert(s) continue through the blockers", len(by_alert))
+
+    def _wait_for_websocket(self, timeout_s: float) -> None:
+        """Until the watcher has heard that the WebSocket is connected (or refused), at most timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.registry.ask("watcher", "status", timeout=RECOVER_TIMEOUT_S)["ws"] in ("connected", "auth_failed"):
+                return
+            time.sleep(0.01)
+        logger.info("WebSocket not connected after {:.1f} s; reconciling with the OrderBook without it", timeout_s)
 
     def drain(self, timeout_s: float) -> bool:
         """Wait until no order is CREATED and every sent order has a broker id (or outcome is being resolved)."""
