@@ -414,9 +414,10 @@ class WatcherActor(SupervisedActor):
             elif message.name == "positions":
                 self.poll_positions()
             return None
-        if message == "lookup":
-            if self.ws_healthy:
-                self.read_wanted = True  # next tick: a burst of look-ups (a flatten's cancels) is one read
+        if message == "lookup":  # the broker's: an unknown outcome, or a cancel just sent
+            if self.ws_healthy and self.last_read_started is not None \
+                    and time.monotonic() - self.last_read_started < self.config.broker.poll_interval_s:
+                self.read_wanted = True  # read again at the next tick: a burst (a flatten's cancels) is one read
             else:
                 self.poll_orders(force=True)
             return True
@@ -516,6 +517,7 @@ class WatcherActor(SupervisedActor):
     def _read_book(self, open_rows: list, started: float, reason: str) -> None:
         book = self._read(self.reader.order_book)
         if book is None:
+            self.read_wanted = True  # whatever this read was for (a reconnection's gap) is still owed: next tick
             return
         self.last_read_started, self.last_poll_ok = started, time.time()
         self.read_wanted = self.awaiting_startup_read = False  # any read after a connection covers it

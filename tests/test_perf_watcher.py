@@ -17,13 +17,14 @@ import pytest
 
 from actors.store import OrderStore
 from actors.watcher import (
+    SETTLED,
     BookReconciler,
-    LostTracker,
     PollFilter,
     Silence,
     by_remarks,
     report_changes,
-    SETTLED,
+    report_from_row,
+    view_of_row,
 )
 from messages.commands import BrokerOrderReport, Notify, RegisterAlert, Tick, TransitionOrder
 from messages.noren import OrderBookEntry, PlaceOrderRequest
@@ -87,8 +88,6 @@ ROWS = [_row(norenordno=bid, remarks="c1", status=status, fillshares=filled, avg
 
 
 def test_the_executed_shortcut_agrees_with_plan_broker_update_everywhere():
-    from actors.watcher import view_of_row
-
     for current in STATES:
         for row in ROWS:
             full = T.plan_broker_update(current, view_of_row(row)) is not None
@@ -132,12 +131,6 @@ def test_poll_filter_forget_open_keeps_forwarded_terminal_rows():
     f.remember("B2", ("COMPLETE", 65, 100.0))
     f.forget_open()
     assert f.seen == {"B2": ("COMPLETE", 65, 100.0)}
-
-
-def test_lost_tracker_is_unchanged():
-    t = LostTracker(grace_s=1.0, min_lookups=2)
-    assert t.observe({"c": 0.0}, set(), 0.5) == []
-    assert t.observe({"c": 0.0}, set(), 1.0) == ["c"]
 
 
 # ---- a real database and a real paper exchange -------------------------------------------------------
@@ -214,8 +207,6 @@ def seed_start_scenario(exchange, db) -> dict:
 
 
 def _report_fields(row) -> dict:
-    from actors.watcher import report_from_row
-
     return report_from_row(row, "poll").model_dump()
 
 
@@ -452,3 +443,13 @@ def test_registry_drop_messages_loses_only_the_matching_messages(make_system, pa
     system.inject("notifier", Notify(kind="test", text="keep me"))
     texts = [n["text"] for n in system.notifications()["recent"] if n["kind"] == "test"]
     assert texts == ["keep me"]
+
+
+def test_a_connection_announced_after_the_start_up_read_is_read_again(make_system, paper):
+    """The start-up read covers a connection made before it, never one made after it (the gap between the
+    read and the subscription). Without a socket of its own, the service is told what the broker would say."""
+    system = make_system(broker={"use_websocket": False, "poll_interval_s": NO_TICKS})
+    assert status(system)["reads"] == {"start-up": 1}
+    system.inject("watcher", "ws:connected")
+    assert status(system)["reads"] == {"start-up": 1, "reconnect": 1}
+    assert ticks(system, 3)["reads"] == {"start-up": 1, "reconnect": 1}  # connected, and nothing is due
