@@ -78,7 +78,7 @@ MALLOC_TRIM = _malloc_trim()
 
 
 def report_from_row(row, origin: str) -> BrokerOrderReport:
-    """An OrderBook row (messages.noren.OrderBookEntry) as a BrokerOrderReport."""
+    """An OrderBook row (messages.noren.OrderBookRow or OrderBookEntry) as a BrokerOrderReport."""
     return BrokerOrderReport(
         remarks=row.remarks, broker_order_id=row.norenordno, status=row.status or "",
         filled_qty=int(row.fillshares or 0), avg_price=row.avgprc, reason=row.rejreason, exchange=row.exch,
@@ -515,7 +515,7 @@ class WatcherActor(SupervisedActor):
                 self.registry.tell("store", report)
 
     def _read_book(self, open_rows: list, started: float, reason: str) -> None:
-        book = self._read(self.reader.order_book)
+        book = self._read(self.reader.order_book_rows)
         if book is None:
             self.read_wanted = True  # whatever this read was for (a reconnection's gap) is still owed: next tick
             return

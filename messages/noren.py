@@ -268,6 +268,25 @@ class OrderBookEntry(_OrderFields):
     rpt: Str = None
 
 
+class OrderBookRow(NorenModel):
+    """An OrderBook row reduced to what reconciliation reads. The rest of the row is dropped as the reply is
+    parsed, so a day's book of 100,000 orders costs tens of MB while it is read, not hundreds."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    stat: Str = None
+    norenordno: Str = None
+    remarks: Str = None
+    status: Status = None
+    fillshares: IntZero = 0
+    avgprc: Float = None
+    rejreason: Str = None
+    exch: Str = None
+    tsym: Str = None
+    trantype: Str = None
+    qty: Int = None
+
+
 class OrderHistoryEntry(_OrderFields):
     """One state of an order from SingleOrdHist (newest first)."""
 

@@ -597,3 +597,21 @@ def test_ws_oauth(exchange):
         inbox.wait(lambda: inbox.fill_for("cmd-ws-oauth"), what="the om fill over OAuth")
     finally:
         ws.stop()
+
+
+def test_lean_order_book_rows_carry_the_same_reconciliation_fields_as_the_full_book(exchange):
+    """order_book_rows (what the watcher reads) keeps only the fields reconciliation needs, with the same
+    values and normalisation as order_book; an empty book is [] and no session is SessionExpired."""
+    client = login(exchange)
+    assert client.order_book_rows() == []
+    numbers = [client.place_order(mkt(f"LEAN{k}-EQ", f"lean-{k}", qty=1 + k, side="B" if k % 2 else "S", exch="NSE"))
+               for k in range(3)]
+    wait_for(lambda: len(client.order_book()) == 3, what="three orders in the book")
+    fields = ("norenordno", "remarks", "status", "fillshares", "avgprc", "rejreason", "exch", "tsym", "trantype",
+              "qty")
+    full = {row.norenordno: tuple(getattr(row, f) for f in fields) for row in client.order_book()}
+    lean = {row.norenordno: tuple(getattr(row, f) for f in fields) for row in client.order_book_rows()}
+    assert set(full) == set(numbers) and lean == full
+    assert not hasattr(client.order_book_rows()[0], "prctyp")  # the rest of the row is not kept
+    with pytest.raises(SessionExpired):
+        NorenRestClient(exchange.rest_url).order_book_rows()

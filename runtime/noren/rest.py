@@ -43,6 +43,7 @@ from messages.noren import (
     LoginReply,
     OrderActionReply,
     OrderBookEntry,
+    OrderBookRow,
     OrderHistoryEntry,
     PlaceOrderReply,
     PlaceOrderRequest,
@@ -268,7 +269,8 @@ class NorenRestClient:
             raise SessionExpired(f"{route}: not logged in", route=route)
         return session
 
-    def _post(self, route: str, values: dict[str, Any], *, login: bool = False) -> Any:
+    def _post(self, route: str, values: dict[str, Any], *, login: bool = False,
+              object_hook: Any = None) -> Any:
         """POST `values` as jData to `route`; return the decoded JSON or raise a classified BrokerError."""
         jdata = json.dumps({key: value for key, value in values.items() if value is not None})
         if login:
@@ -315,7 +317,7 @@ class NorenRestClient:
                     http_error.http_status = status
             raise http_error from None
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_hook=object_hook)
         except ValueError:
             raise BrokerProtocolError(f"{route}: reply is not JSON", route=route, http_status=status) from None
         if login and isinstance(data, dict):
@@ -494,6 +496,42 @@ class NorenRestClient:
         session = self._require_session("OrderBook")
         return self._call_list("OrderBook", {"ordersource": "API", "uid": session.uid}, OrderBookEntry,
                                empty_on_no_data=True)
+
+    def order_book_rows(self) -> list[OrderBookRow]:
+        """The OrderBook as OrderBookRow (the fields reconciliation reads). Each row object becomes its small
+        model while the reply is parsed, so the full rows of a large day's book are never all alive at once."""
+        session = self._require_session("OrderBook")
+        failed: list[str] = []
+
+        def lean(obj: dict) -> Any:
+            if "norenordno" not in obj or failed:
+                return obj  # the Not_Ok reply, or a row without an order number: judged below
+            try:
+                return OrderBookRow.model_validate(obj)
+            except ValidationError as exc:
+                failed.append(", ".join(".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()[:5]))
+                return obj
+
+        data = self._post("OrderBook", {"ordersource": "API", "uid": session.uid}, object_hook=lean)
+        if failed:
+            raise BrokerProtocolError(f"OrderBook: unexpected reply shape ({failed[0]})", route="OrderBook")
+        if isinstance(data, dict):
+            stat = str(data.get("stat", "")).strip().lower()
+            if stat == "not_ok":
+                if is_no_data(data.get("emsg")):
+                    return []
+                raise error_from_emsg(data.get("emsg"), "OrderBook")
+            raise BrokerProtocolError("OrderBook: expected a list, got an object", route="OrderBook")
+        if not isinstance(data, list):
+            raise BrokerProtocolError(f"OrderBook: expected a list, got {type(data).__name__}", route="OrderBook")
+        rows = []
+        for row in data:
+            if isinstance(row, dict):
+                row = _validate(OrderBookRow, row, "OrderBook")
+            if not isinstance(row, OrderBookRow):
+                raise BrokerProtocolError(f"OrderBook: list row is {type(row).__name__}", route="OrderBook")
+            rows.append(row)
+        return rows
 
     def single_order_history(self, norenordno: str) -> list[OrderHistoryEntry]:
         """Every state of one order, newest first."""
