@@ -350,6 +350,8 @@ class BrokerActor(SupervisedActor):
             return self.login()
         if message == "logged_in":
             return self.logged_in
+        if message == "ws_connected":  # asked by a restarted watcher, which missed the socket's last state
+            return self.ws is not None and self.ws.connected.is_set()
         return None
 
     def cancel(self, message: CancelOrder) -> bool:

@@ -387,6 +387,14 @@ class WatcherActor(SupervisedActor):
 
     def on_start(self):
         self.reader = self.registry.ask("broker", "reader", timeout=10)
+        if not self.awaiting_startup_read:
+            # Restarted by the supervisor: the socket may have connected long ago, and without knowing it this
+            # watcher would read the whole book every tick. Its first tick reconciles (no read made yet).
+            try:
+                if self.registry.ask("broker", "ws_connected", timeout=10):
+                    self.ws_state, self.ws_up_since = "connected", time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - unknown: poll as if the socket were down (safe)
+                logger.warning("watcher: WebSocket state unknown after restart ({!r}); polling", exc)
         self.tickers = [
             Ticker(self.actor_ref, self.config.broker.poll_interval_s, "poll").start(),
             Ticker(self.actor_ref, self.config.risk.pnl_poll_interval_s, "positions").start(),

@@ -729,3 +729,15 @@ def test_store_write_is_not_refused_because_another_connection_committed_meanwhi
     finally:
         other.close()
         close_database(db)
+
+
+def test_a_restarted_watcher_knows_the_websocket_is_up_and_still_applies_fills(oms, paper):
+    """A watcher restarted by the supervisor asks the broker whether the socket is connected (the `ws:connected`
+    event went to its dead predecessor); without that it would read the whole OrderBook on every tick."""
+    system = oms()
+    system.wait_until(lambda: system.registry.ask("watcher", "status")["ws"] == "connected", what="ws up")
+    system.registry.inject_fault("watcher", "BrokerOrderReport", 1)
+    cid = one_leg(system, alert())
+    system.wait_for_status(cid, "EXECUTED", timeout=10)  # the report is retried by the restarted watcher
+    assert system.supervisor.restarts >= 1
+    assert system.registry.ask("watcher", "status")["ws"] == "connected"
