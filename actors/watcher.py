@@ -55,10 +55,11 @@ UNHEARD_AFTER_POLLS = 2
 # WebSocket connected: a SENT_TO_BROKER order still without broker id this long after its claim has an
 # unknown outcome (a normal PlaceOrder answers in milliseconds): read the book on every tick for it.
 NO_ID_LOOKUP_AFTER_S = 1.0
-# WebSocket connected: the periodic reconcile is also spaced at least 20 times the last read's duration apart,
-# so that with a huge day's book (100 000 rows take seconds) it stays a few percent of the time; look-ups for
-# unknown outcomes and the read after a reconnection are never held back.
-NET_READ_SPACING = 20
+# WebSocket connected: the periodic reconcile is also spaced at least 100 times the last read's duration apart,
+# so that with a huge day's book (100 000 rows take seconds, and the parse competes with the order path for the
+# GIL) it stays about 1 % of the time; it is only the safety net behind the pushes and the per-order look-ups
+# of quiet orders. Look-ups for unknown outcomes and the read after a reconnection are never held back.
+NET_READ_SPACING = 100
 # Ids per `IN (...)` when comparing the book with the database (well under SQLite's variable limit).
 COMPARE_CHUNK = 500
 # A parsed book costs ~5 KB a row while it is alive, and glibc keeps the freed heap: after reading a large
