@@ -16,6 +16,7 @@ from typing import Iterable
 from loguru import logger
 
 from actors.base import SupervisedActor
+from actors.notifier import describe_change
 
 from messages.commands import (
     AmendExitLeg,
@@ -469,5 +470,12 @@ class StoreActor(SupervisedActor):
                 f"{change.from_status or '-'} -> {change.to_status}" if change.from_status != change.to_status
                 else f"{change.to_status} updated", f" [{change.tag}]" if change.tag else "",
                 f" broker_id={o.broker_order_id} filled={o.filled_qty}" if o.broker_order_id else "")
+            notable = None
             for name in self.subscribers:
+                if name == "notifier":
+                    # The notifier only turns changes into messages; most changes (acks, broker ids) make
+                    # none, so it is not woken for them.
+                    notable = describe_change(change) is not None if notable is None else notable
+                    if not notable:
+                        continue
                 self.registry.tell(name, change)
