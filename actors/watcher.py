@@ -282,6 +282,11 @@ def report_changes(current: T.OrderState, row) -> bool:
     return T.plan_broker_update(current, view_of_row(row)) is not None
 
 
+def _row_state(row) -> tuple:
+    """What PollFilter remembers of a book row: enough to tell that it has not moved."""
+    return (row.status or "", row.fillshares, row.avgprc)
+
+
 @dataclass
 class BookReconciler:
     """Decides which OrderBook rows go to the store: those that would change something there.
@@ -300,17 +305,10 @@ class BookReconciler:
         still_listed = set()
         candidates = []
         for row in book:
-            if row.status in TERMINAL_STATUSES:
-                candidates.append(row)
-                if seen:
-                    key = row.norenordno or row.remarks or ""
-                    if key in seen:
-                        still_listed.add(key)
-                continue
-            key = row.norenordno or row.remarks or ""
+            key = PollFilter.key(row.norenordno, row.remarks)
             if key in seen:
                 still_listed.add(key)
-                if seen[key] == (row.status or "", row.fillshares, row.avgprc):
+                if row.status not in TERMINAL_STATUSES and seen[key] == _row_state(row):
                     continue  # open, and as it was when last handled
             candidates.append(row)
         if complete:
@@ -338,8 +336,7 @@ class BookReconciler:
                 differs = recorded != (T.normalise_broker_status(row.status or ""), int(row.fillshares or 0))
             else:
                 differs = False  # not ours and no broker id: the store could not record it either
-            key = PollFilter.key(row.norenordno, row.remarks)
-            state = (row.status or "", row.fillshares, row.avgprc)
+            key, state = PollFilter.key(row.norenordno, row.remarks), _row_state(row)
             terminal = row.status in TERMINAL_STATUSES
             if differs:
                 if terminal and self.filter.unchanged(key, state):

@@ -336,9 +336,27 @@ class NorenRestClient:
             raise BrokerProtocolError(f"{route}: reply without stat Ok", route=route)
         return _validate(model, data, route)
 
-    def _call_list(self, route: str, values: dict[str, Any], model: type[M], *, empty_on_no_data: bool) -> list[M]:
-        """A call whose success reply is a JSON array of rows (each with stat Ok)."""
-        data = self._post(route, values)
+    def _call_list(self, route: str, values: dict[str, Any], model: type[M], *, empty_on_no_data: bool,
+                   key_field: str | None = None) -> list[M]:
+        """A call whose success reply is a JSON array of rows (each with stat Ok).
+
+        With `key_field`, every object carrying that field becomes its model while the reply is parsed (a json
+        object_hook), so the raw rows of a large reply are never all alive at once; the others (the Not_Ok
+        reply, a row without the field) are judged below as usual."""
+        failed: list[str] = []
+
+        def early(obj: dict) -> Any:
+            if key_field not in obj or failed:
+                return obj
+            try:
+                return model.model_validate(obj)
+            except ValidationError as exc:
+                failed.append(", ".join(".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()[:5]))
+                return obj
+
+        data = self._post(route, values, object_hook=early if key_field else None)
+        if failed:
+            raise BrokerProtocolError(f"{route}: unexpected reply shape ({failed[0]})", route=route)
         if isinstance(data, dict):
             stat = str(data.get("stat", "")).strip().lower()
             emsg = data.get("emsg")
@@ -351,6 +369,9 @@ class NorenRestClient:
             raise BrokerProtocolError(f"{route}: expected a list, got {type(data).__name__}", route=route)
         rows = []
         for row in data:
+            if isinstance(row, model):
+                rows.append(row)
+                continue
             if not isinstance(row, dict):
                 raise BrokerProtocolError(f"{route}: list row is {type(row).__name__}", route=route)
             rows.append(_validate(model, row, route))
@@ -498,40 +519,11 @@ class NorenRestClient:
                                empty_on_no_data=True)
 
     def order_book_rows(self) -> list[OrderBookRow]:
-        """The OrderBook as OrderBookRow (the fields reconciliation reads). Each row object becomes its small
-        model while the reply is parsed, so the full rows of a large day's book are never all alive at once."""
+        """The OrderBook as OrderBookRow (the fields reconciliation reads). Each row becomes its small model while
+        the reply is parsed, so the full rows of a large day's book are never all alive at once."""
         session = self._require_session("OrderBook")
-        failed: list[str] = []
-
-        def lean(obj: dict) -> Any:
-            if "norenordno" not in obj or failed:
-                return obj  # the Not_Ok reply, or a row without an order number: judged below
-            try:
-                return OrderBookRow.model_validate(obj)
-            except ValidationError as exc:
-                failed.append(", ".join(".".join(str(p) for p in err.get("loc", ())) for err in exc.errors()[:5]))
-                return obj
-
-        data = self._post("OrderBook", {"ordersource": "API", "uid": session.uid}, object_hook=lean)
-        if failed:
-            raise BrokerProtocolError(f"OrderBook: unexpected reply shape ({failed[0]})", route="OrderBook")
-        if isinstance(data, dict):
-            stat = str(data.get("stat", "")).strip().lower()
-            if stat == "not_ok":
-                if is_no_data(data.get("emsg")):
-                    return []
-                raise error_from_emsg(data.get("emsg"), "OrderBook")
-            raise BrokerProtocolError("OrderBook: expected a list, got an object", route="OrderBook")
-        if not isinstance(data, list):
-            raise BrokerProtocolError(f"OrderBook: expected a list, got {type(data).__name__}", route="OrderBook")
-        rows = []
-        for row in data:
-            if isinstance(row, dict):
-                row = _validate(OrderBookRow, row, "OrderBook")
-            if not isinstance(row, OrderBookRow):
-                raise BrokerProtocolError(f"OrderBook: list row is {type(row).__name__}", route="OrderBook")
-            rows.append(row)
-        return rows
+        return self._call_list("OrderBook", {"ordersource": "API", "uid": session.uid}, OrderBookRow,
+                               empty_on_no_data=True, key_field="norenordno")
 
     def single_order_history(self, norenordno: str) -> list[OrderHistoryEntry]:
         """Every state of one order, newest first."""
