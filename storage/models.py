@@ -32,7 +32,10 @@ class BaseModel(Model):
 
 class Order(BaseModel):
     command_id = CharField(unique=True, max_length=40)
-    alert_id = CharField(index=True, max_length=200)
+    alert_id = CharField(index=True, max_length=200)  # the sender's id (idempotency key), as given
+    # The service's own key of the processed alert: ties its legs together (same-alert exemptions, spreads).
+    # A reused alert_id with different content is a new alert with a new key.
+    alert_key = CharField(index=True, max_length=40, default="")
     client_id = CharField(max_length=40)
     source = CharField(max_length=20)  # webhook | manual | risk
     strategy_name = CharField(index=True, max_length=100)
@@ -86,6 +89,9 @@ class Alert(BaseModel):
     body = TextField(null=True)  # secret redacted
     response = TextField(null=True)  # the JSON answer (replayed for a duplicate alert_id)
     error = TextField(null=True)
+    alert_key = CharField(null=True, max_length=40)  # orders.alert_key of the legs this alert registered
+    # sha256 of the alert's normalised content: the same alert_id is a retry only with the same fingerprint.
+    fingerprint = CharField(null=True, max_length=64)
 
     class Meta:
         table_name = "alerts"
@@ -123,6 +129,24 @@ class ExternalOrder(BaseModel):
         table_name = "external_orders"
 
 
-ALL_MODELS = (Order, OrderEvent, Alert, RiskState, ExternalOrder)
+class LedgerAdjustment(BaseModel):
+    """A correction of a strategy's ledger (built from our fills) that the broker's truth forced: e.g. a
+    position squared off outside the service, written off when an exit found the broker holding less."""
+
+    id = AutoField()
+    strategy_name = CharField(index=True, max_length=100)
+    exchange = CharField(max_length=10)
+    symbol = CharField(max_length=100)
+    product = CharField(max_length=10)
+    quantity = IntegerField()  # signed, added to the strategy's net quantity
+    reason = CharField(max_length=300)
+    command_id = CharField(null=True, max_length=40)  # the exit that found it
+    at = CharField(max_length=40)
+
+    class Meta:
+        table_name = "ledger_adjustments"
+
+
+ALL_MODELS = (Order, OrderEvent, Alert, RiskState, ExternalOrder, LedgerAdjustment)
 # The tables only StoreActor may write.
-STORE_OWNED_MODELS = (Order, OrderEvent, Alert, ExternalOrder)
+STORE_OWNED_MODELS = (Order, OrderEvent, Alert, ExternalOrder, LedgerAdjustment)
