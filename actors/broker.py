@@ -39,7 +39,7 @@ from messages.commands import (
     CancelOrder,
     InstrumentInfo,
     InstrumentQuery,
-    SendOrder,
+    SendLegs,
     SetBrokerOrderId,
     TransitionOrder,
     TransitionResult,
@@ -335,8 +335,8 @@ class BrokerActor(SupervisedActor):
     # ---- messages -------------------------------------------------------------------------------
 
     def handle(self, message):
-        if isinstance(message, SendOrder):
-            self.send(message.order)
+        if isinstance(message, SendLegs):
+            self.send_legs(message)
             return None
         if isinstance(message, CancelOrder):
             return self.cancel(message)
@@ -504,17 +504,47 @@ class BrokerActor(SupervisedActor):
         self.registry.tell("store", TransitionOrder(command_id=order.command_id, to_status="FAILED",
                                                     expect_from=("SENT_TO_BROKER",), tag=tag, detail=detail))
 
-    def send(self, order: OrderSnapshot) -> None:
-        wait = self.limiter.delay(time.monotonic())
-        if wait > 0:
-            time.sleep(wait)  # the broker's and SEBI's order-rate limits; only this actor waits
-        # Market protection is decided before the claim: an order that cannot be priced never becomes
-        # SENT_TO_BROKER, so nothing is left ambiguous and nothing goes out as MKT by accident.
-        detail = "sending PlaceOrder"
+    def send_legs(self, message: SendLegs) -> None:
+        """Send the legs in the order given. `together` (the ENTRY legs of a spread): every leg is priced and its
+        request built before any is claimed, BUY legs go first, and once one leg fails before reaching the broker
+        the legs not yet sent are held (FAILED `SEND_FAILED:OTHER_LEG_BLOCKED`)."""
+        orders = list(message.orders)
+        if message.together:
+            orders.sort(key=lambda o: o.side != "BUY")  # stable: the guard's order within each side
+        if not message.together:
+            for order in orders:
+                prepared = self.prepare(order)
+                if prepared is not None:
+                    self.place(order, *prepared)
+            return
+        ready = []
+        for order in orders:
+            prepared = self.prepare(order)
+            if prepared is None:
+                self._hold_back([o for o in orders if o.command_id != order.command_id], order, "could not be priced")
+                return
+            ready.append((order, prepared))
+        for index, (order, prepared) in enumerate(ready):
+            if not self.place(order, *prepared):
+                self._hold_back([o for o, _ in ready[index + 1:]], order, "failed before reaching the broker")
+                return
+
+    def _hold_back(self, orders: list[OrderSnapshot], culprit: OrderSnapshot, why: str) -> None:
+        for order in orders:
+            logger.warning("order {} not sent: leg {} of the same spread {}", order.command_id, culprit.command_id,
+                           why)
+            self.registry.tell("store", TransitionOrder(
+                command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",),
+                tag="SEND_FAILED:OTHER_LEG_BLOCKED", detail=f"leg {culprit.command_id} {why}"))
+
+    def prepare(self, order: OrderSnapshot) -> tuple[PlaceOrderRequest, str] | None:
+        """Price the leg (market protection) and build its PlaceOrder, before any claim. None: the leg is not
+        sendable and has been failed from CREATED (nothing at the broker, nothing ambiguous)."""
         status = order_status(order.command_id)  # a cheap early look; the claim's compare-and-set decides
         if status is not None and status != "CREATED":
             logger.warning("order {} not sent: it is {} already", order.command_id, status)
-            return  # a repeated SendOrder: no look-ups for an order the claim would refuse anyway
+            return None  # a repeated SendLegs: no look-ups for an order the claim would refuse anyway
+        detail = "sending PlaceOrder"
         limit = None
         try:
             protection = self.protection(order)
@@ -529,15 +559,22 @@ class BrokerActor(SupervisedActor):
             self.registry.tell("store", TransitionOrder(
                 command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",), tag=tag,
                 detail=f"market protection: {reason}"[:300]))
-            return
+            return None
         try:  # build the request before the claim: a leg we cannot express is FAILED, never "maybe sent"
-            request = to_place_request(order, limit)
+            return to_place_request(order, limit), detail
         except Exception as exc:  # noqa: BLE001
             logger.error("order {} cannot be expressed as a PlaceOrder: {!r}", order.command_id, exc)
             self.registry.tell("store", TransitionOrder(
                 command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",),
                 tag="SEND_FAILED:INVALID_REQUEST", detail=repr(exc)[:300]))
-            return
+            return None
+
+    def place(self, order: OrderSnapshot, request: PlaceOrderRequest, detail: str) -> bool:
+        """Claim the order (CREATED -> SENT_TO_BROKER) and send it. True when it reached the broker or may have
+        (an unknown outcome counts: it may exist there); False when it certainly did not."""
+        wait = self.limiter.delay(time.monotonic())
+        if wait > 0:
+            time.sleep(wait)  # the broker's and SEBI's order-rate limits; only this actor waits
         try:
             claim: TransitionResult = self.registry.ask("store", TransitionOrder(
                 command_id=order.command_id, to_status="SENT_TO_BROKER", expect_from=("CREATED",),
@@ -548,16 +585,16 @@ class BrokerActor(SupervisedActor):
             self.registry.tell("store", TransitionOrder(
                 command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",),
                 tag="SEND_FAILED:COMMIT_FAILED", detail=repr(exc)[:300]))
-            return
+            return False
         if not claim.applied:
             logger.warning("order {} not sent: {}", order.command_id, claim.reason)
-            return
+            return False
         attempts = self.config.broker.max_send_attempts
         for attempt in range(1, attempts + 1):
             if not self.logged_in and not self.login():
                 if attempt == attempts:
                     self._fail(order, "SEND_FAILED:NOT_LOGGED_IN", "no broker session; the order was not sent")
-                    return
+                    return False
                 time.sleep(min(0.2 * attempt, 1.0))
                 continue
             self.limiter.record(time.monotonic())
@@ -571,19 +608,20 @@ class BrokerActor(SupervisedActor):
                 logger.warning("PlaceOrder {} not sent (attempt {}/{}): {}", order.command_id, attempt, attempts, exc)
                 if attempt == attempts:
                     self._fail(order, "SEND_FAILED:BROKER_UNREACHABLE", str(exc)[:300])
-                    return
+                    return False
                 time.sleep(min(0.2 * attempt, 1.0))
                 continue
             except BrokerRejected as exc:
                 reason = broker_reason(exc.emsg)
                 self._fail(order, f"BROKER_REJECTED:{reason}")
-                return
+                return False
             except UnknownOutcome as exc:
                 # Never resend: the order may exist at the broker. The watcher finds it by remarks.
                 logger.warning("PlaceOrder {} outcome unknown ({}); the watcher will resolve it", order.command_id,
                                exc)
                 self.registry.tell("watcher", "lookup")
-                return
+                return True
             self.registry.tell("store", SetBrokerOrderId(command_id=order.command_id, broker_order_id=norenordno))
-            return
+            return True
         self._fail(order, "SEND_FAILED:SESSION_EXPIRED", "could not re-establish the broker session")
+        return False

@@ -1,247 +1,132 @@
 """GuardActor: steps 2B (position guard) and 2C (duplicate guard), EXIT resolution and the freeze split.
 
-`GuardBook` is the pure core: a per-strategy, direction-aware position ledger built from our own fills, and
-the set of our orders in flight. Because one actor's mailbox serializes every check, fifty identical alerts
-arriving at once produce exactly one order — no locks.
+The plain logic is in actors/guard_book.py: the ledger (`GuardBook`), the broker's truth (`BrokerPositions`),
+and the alert-level plans (`plan_entry`, `plan_exit`). This actor feeds them and carries the plans out:
+
+- The ENTRY legs of one alert pass together or not at all, and go to the broker as one `SendLegs(together)`,
+  BUY legs first; the broker prices every leg before it claims any.
+- An EXIT is sized by the broker's truth: a PositionBook no older than BROKER_TRUTH_MAX_AGE_S (read here when
+  older) plus our fills since. What the broker no longer holds is written off the strategy's ledger (a
+  `ledger_adjustments` row, an event on the exit, a notification). When no PositionBook can be read the exit is
+  sized by the ledger alone, and you are told: an exit is never blocked by a failing read.
+- In an EXIT alert the legs that buy back shorts go first; the wings of the same underlying are held (an event
+  "held: ...") until those buy-backs have filled, and refused if one cannot go.
+- A spread found one-legged after the send (a leg rejected while another went out) is reported loudly and, with
+  `[risk] one_legged = "exit"`, its open legs are cancelled and its filled legs exited.
 
 Freeze split: a leg above its instrument's freeze quantity (known only here for an EXIT, once resolved) is
 split by StoreActor, in one transaction, into child orders of whole lots (`split_quantities`), each its own row
-linked by `parent_command_id`, sent and reconciled on its own. The children share the alert_id, so the
+linked by `parent_command_id`, sent and reconciled on its own. The children share the alert_key, so the
 duplicate check never blocks one with another.
 """
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from loguru import logger
 
 from actors.base import SupervisedActor
-
+from actors.guard_book import (
+    NOTHING_TO_EXIT,
+    AlertPlan,
+    BrokerPositions,
+    Decision,
+    GuardBook,
+    InFlight,
+    alert_group,
+    is_blocker_tag,
+    other_leg_tag,
+    plan_entry,
+    plan_exit,
+    split_quantities,
+)
 from actors.instruments import freeze_qty, freeze_table, lot_size_fallback, underlying
-from actors.store import has_children, split_family
+from actors.store import has_children, new_command_id, split_family
 from messages.commands import (
     AmendExitLeg,
     CancelOrder,
     InstrumentInfo,
     InstrumentQuery,
+    NoteOrder,
     Notify,
+    OrdersRegistered,
     PositionsSnapshot,
+    RegisterAlert,
+    RegisterResult,
     RiskCleared,
-    SendOrder,
+    SendLegs,
     SplitLeg,
     SplitResult,
     TransitionOrder,
     TransitionResult,
+    WriteOffPosition,
 )
-from messages.orders import OrderChanged, OrderSnapshot
+from messages.orders import NewOrder, OrderChanged, OrderSnapshot
+from storage import queries
 from storage import transitions as T
-from storage.models import Order
 
-PositionKey = tuple[str, str, str, str]  # strategy, exchange, symbol, product
-BROKER_PRODUCTS = {"M": "NRML", "I": "MIS", "C": "CNC"}
+__all__ = ["GuardActor", "GuardBook", "InFlight", "split_quantities"]
 
-
-def split_quantities(quantity: int, freeze: int | None, lot: int | None = None) -> tuple[int, ...]:
-    """Chunks of at most `freeze` units, each the largest whole number of lots <= freeze; the remainder last.
-
-    4000 NIFTY (freeze 1800, lot 65): 1755 + 1755 + 490. No freeze, or quantity <= freeze: one chunk. A lot
-    larger than the freeze quantity (a misconfiguration) falls back to chunks of exactly the freeze quantity."""
-    if not freeze or freeze <= 0 or quantity <= freeze:
-        return (quantity,)
-    step = lot if lot and lot > 0 else 1
-    chunk = (freeze // step) * step or freeze
-    full, rest = divmod(quantity, chunk)
-    return (chunk,) * full + ((rest,) if rest else ())
-
-
-def _discard(index: dict, bucket, item) -> None:
-    """Remove `item` from `index[bucket]`, dropping the bucket when it empties (the index stays bounded)."""
-    members = index.get(bucket)
-    if members is not None:
-        members.discard(item)
-        if not members:
-            del index[bucket]
-
-
-@dataclass(frozen=True)
-class InFlight:
-    alert_id: str
-    strategy: str
-    exchange: str
-    symbol: str
-    side: str
-    execution_type: str = "ENTRY"
-
-
-@dataclass(frozen=True)
-class Decision:
-    """Either a block tag, or the order to send (with EXIT side/qty/product resolved)."""
-
-    tag: str | None = None
-    side: str | None = None
-    quantity: int | None = None
-    product: str | None = None
-    cancel: tuple[str, ...] = ()  # our resting entry orders this EXIT supersedes
+BROKER_TRUTH_MAX_AGE_S = 2.0  # an exit is sized on a PositionBook no older than this (plus our fills since)
+HELD = "held:"  # event detail prefix of an EXIT wing waiting for its buy-backs
 
 
 @dataclass
-class GuardBook:
-    positions: dict[PositionKey, int] = field(default_factory=lambda: defaultdict(int))
-    # Which alerts built each open position: the other legs of the same alert are not blocked by it.
-    position_alerts: dict[PositionKey, set[str]] = field(default_factory=lambda: defaultdict(set))
-    in_flight: dict[str, InFlight] = field(default_factory=dict)
-    # Indexes over the two maps above, so that a check costs the same with 5 or 5000 open positions.
-    _by_strategy: dict[str, set[PositionKey]] = field(default_factory=lambda: defaultdict(set), repr=False)
-    _by_instrument: dict[tuple[str, str], set[PositionKey]] = field(default_factory=lambda: defaultdict(set),
-                                                                    repr=False)
-    _in_flight_by_book: dict[tuple[str, str, str], set[str]] = field(default_factory=lambda: defaultdict(set),
-                                                                     repr=False)
+class HeldWings:
+    """EXIT wings of one alert waiting for the buy-backs of their underlying to fill."""
 
-    # ---- the ledger -----------------------------------------------------------------------------
-
-    def apply_fill(self, order: OrderSnapshot, delta: int) -> None:
-        self._fill((order.strategy_name, order.exchange, order.symbol, order.product), order.side, delta,
-                   order.alert_id)
-
-    def _fill(self, key: PositionKey, side: str, delta: int, alert_id: str) -> None:
-        if delta == 0:
-            return
-        self.positions[key] += delta if side == "BUY" else -delta
-        self.position_alerts[key].add(alert_id)
-        self._by_strategy[key[0]].add(key)
-        self._by_instrument[(key[1], key[2])].add(key)
-        if self.positions[key] == 0:
-            del self.positions[key]
-            self.position_alerts.pop(key, None)
-            _discard(self._by_strategy, key[0], key)
-            _discard(self._by_instrument, (key[1], key[2]), key)
-
-    def on_change(self, change: OrderChanged) -> None:
-        self.apply_fill(change.order, change.fill_delta)
-        if change.to_status not in T.NON_TERMINAL:
-            flight = self.in_flight.pop(change.order.command_id, None)
-            if flight is not None:
-                _discard(self._in_flight_by_book, (flight.strategy, flight.exchange, flight.symbol),
-                         change.order.command_id)
-
-    def strategy_positions(self, strategy: str) -> dict[PositionKey, int]:
-        return {k: self.positions[k] for k in self._by_strategy.get(strategy, ()) if self.positions.get(k)}
-
-    # ---- the checks -----------------------------------------------------------------------------
-
-    def _same_book(self, order: OrderSnapshot) -> dict[str, InFlight]:
-        """In-flight orders of the same strategy and instrument from other alerts."""
-        ids = self._in_flight_by_book.get((order.strategy_name, order.exchange, order.symbol), ())
-        return {cid: self.in_flight[cid] for cid in ids if self.in_flight[cid].alert_id != order.alert_id}
-
-    def _open_order_exists(self, order: OrderSnapshot) -> bool:
-        return bool(self._same_book(order))
-
-    def evaluate(self, order: OrderSnapshot) -> Decision:
-        if order.execution_type == "ENTRY":
-            if any(self.position_alerts.get(key, set()) - {order.alert_id}
-                   for key in self.strategy_positions(order.strategy_name)):
-                return Decision(tag="GUARD_BLOCKED:STRATEGY_HAS_POSITION")
-            want = 1 if order.side == "BUY" else -1
-            for key in self._by_instrument.get((order.exchange, order.symbol), ()):
-                if key[0] != order.strategy_name and self.positions.get(key, 0) * want < 0:
-                    return Decision(tag="GUARD_BLOCKED:CROSS_STRATEGY_CONFLICT")
-            if self._open_order_exists(order):
-                return Decision(tag="DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS")
-            return Decision(side=order.side, quantity=order.quantity, product=order.product)
-
-        # An EXIT supersedes the strategy's resting entries on this instrument: cancel them, so nothing
-        # fills after the trader asked to be out. Another EXIT in flight is still a duplicate.
-        same = self._same_book(order)
-        entries = tuple(sorted(cid for cid, f in same.items() if f.execution_type == "ENTRY"))
-        if any(f.execution_type == "EXIT" for f in same.values()):
-            return Decision(tag="DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS")
-        held = {k: v for k, v in self.strategy_positions(order.strategy_name).items()
-                if k[1] == order.exchange and k[2] == order.symbol}
-        if not held:
-            return Decision(tag="GUARD_BLOCKED:NO_POSITION", cancel=entries)
-        same_product = [k for k in sorted(held) if k[3] == order.product]
-        key = same_product[0] if same_product else max(sorted(held), key=lambda k: abs(held[k]))
-        net = held[key]
-        quantity = abs(net) if order.quantity <= 0 else min(abs(net), order.quantity)
-        return Decision(side="SELL" if net > 0 else "BUY", quantity=quantity, product=key[3], cancel=entries)
-
-    def admit(self, order: OrderSnapshot) -> None:
-        self._admit(order.command_id, InFlight(order.alert_id, order.strategy_name, order.exchange, order.symbol,
-                                               order.side, order.execution_type))
-
-    def _admit(self, command_id: str, flight: InFlight) -> None:
-        self.in_flight[command_id] = flight
-        self._in_flight_by_book[(flight.strategy, flight.exchange, flight.symbol)].add(command_id)
-
-    # ---- checking against the broker ------------------------------------------------------------
-
-    def mismatches(self, broker_rows) -> dict[tuple[str, str, str], tuple[int, int]]:
-        """(exchange, symbol, product) -> (our net over all strategies, broker netqty) where they differ.
-
-        Symbols with one of our orders in flight are skipped: their fills may be on one side only for a moment.
-        The ledger is never changed from the broker's account-wide numbers (that would wipe other strategies).
-        """
-        ours: dict[tuple[str, str, str], int] = defaultdict(int)
-        for (_strategy, exch, symbol, product), qty in self.positions.items():
-            ours[(exch, symbol, product)] += qty
-        theirs: dict[tuple[str, str, str], int] = defaultdict(int)
-        for row in broker_rows:
-            product = BROKER_PRODUCTS.get(str(row.get("prd") or ""), str(row.get("prd") or ""))
-            theirs[(str(row.get("exch") or ""), str(row.get("tsym") or ""), product)] += int(row.get("netqty") or 0)
-        busy = {(f.exchange, f.symbol) for f in self.in_flight.values()}
-        out = {}
-        for key in set(ours) | set(theirs):
-            if (key[0], key[1]) in busy:
-                continue
-            if ours.get(key, 0) != theirs.get(key, 0):
-                out[key] = (ours.get(key, 0), theirs.get(key, 0))
-        return out
-
-    # ---- rebuilding from the database -----------------------------------------------------------
-
-    @classmethod
-    def from_database(cls) -> "GuardBook":
-        """Replay our fills in order (plain tuples: a day of 100,000 orders rebuilds in well under a second)."""
-        book = cls()
-        open_statuses = sorted(T.OPEN_AT_BROKER)
-        marks = ", ".join("?" for _ in open_statuses)
-        cursor = Order._meta.database.execute_sql(
-            "SELECT command_id, alert_id, strategy_name, exchange, symbol, product, side, execution_type, "
-            f"filled_qty, status FROM orders WHERE filled_qty > 0 OR status IN ({marks}) ORDER BY id",
-            open_statuses)
-        for (command_id, alert_id, strategy, exchange, symbol, product, side, execution_type, filled,
-             status) in cursor:
-            book._fill((strategy, exchange, symbol, product), side, filled or 0, alert_id)
-            if status in T.OPEN_AT_BROKER:
-                book._admit(command_id, InFlight(alert_id, strategy, exchange, symbol, side, execution_type))
-        return book
+    wings: dict[str, OrderSnapshot] = field(default_factory=dict)
+    wait_for: set[str] = field(default_factory=set)
 
 
 class GuardActor(SupervisedActor):
     registry_name = "guard"
 
-    def __init__(self, registry):
+    def __init__(self, registry, config=None, *, startup: bool = False):
         super().__init__(registry)
+        self.config = config
+        self.startup = startup
         self.book = GuardBook()
         self.suspect: dict = {}  # mismatches seen once; reported when seen twice in a row
         self.reported: dict = {}
         self.freeze: dict[str, int] | None = None  # the broker's freeze table (built-in + [broker] freeze_qty)
+        self.broker: BrokerPositions | None = None  # the last PositionBook this actor read, plus fills since
+        self.reader = None
+        self.held: dict[str, HeldWings] = {}  # alert group -> wings waiting for buy-backs
+        self.one_legged: set[str] = set()  # alert groups already reported one-legged
+        self.undoing: dict[str, set[str]] = {}  # one_legged = "exit": group -> its legs that went out
 
     def on_start(self):
-        self.book = GuardBook.from_database()
+        self.book = GuardBook.from_rows(queries.guard_ledger_rows(), queries.ledger_adjustment_rows())
         logger.info("guard ledger: {} positions, {} orders in flight", len(self.book.positions),
                     len(self.book.in_flight))
+        if self.startup:
+            return  # recovery dispatches every CREATED leg, held wings included
+        # A guard restarted by the supervisor: wings it held wait again (their buy-backs' outcome is in the
+        # database).
+        held = [OrderSnapshot.model_validate(o) for o in queries.created_orders_with_event(HELD)]
+        for group, legs in _by_group(held).items():
+            self._check_exits(legs)
 
     def handle(self, message):
         if isinstance(message, RiskCleared):
-            for order in message.orders:
-                self._check(order)
+            for legs in _by_group(message.orders).values():
+                self._check_alert(legs)
             return None
         if isinstance(message, OrderChanged):
             self.book.on_change(message)
+            if self.broker is not None:
+                self.broker.apply_fill(message.order, message.fill_delta)
+            if message.to_status not in T.NON_TERMINAL:
+                self._release_wings(message.order)
+                if alert_group(message.order) in self.undoing:
+                    self._undo(alert_group(message.order))
+            if message.to_status == T.FAILED and message.from_status != T.FAILED:
+                self._watch_one_legged(message.order)
             return None
         if isinstance(message, PositionsSnapshot):
             self._check_against_broker(message.rows)
@@ -249,7 +134,209 @@ class GuardActor(SupervisedActor):
         if message == "ledger":
             return {"positions": {"|".join(k): v for k, v in self.book.positions.items()},
                     "in_flight": sorted(self.book.in_flight)}
+        logger.error("GuardActor: unexpected message {!r}", type(message).__name__)
         return None
+
+    # ---- the broker's truth ---------------------------------------------------------------------
+
+    def _broker_truth(self) -> BrokerPositions | None:
+        """The broker's positions no older than BROKER_TRUTH_MAX_AGE_S (read now if older), or None when no
+        PositionBook can be read."""
+        if self.broker is not None and time.monotonic() - self.broker.read_at <= BROKER_TRUTH_MAX_AGE_S:
+            return self.broker
+        started = time.monotonic()
+        try:
+            if self.reader is None:
+                self.reader = self.registry.ask("broker", "reader", timeout=5)
+            rows = [r.model_dump() for r in self.reader.position_book()]
+        except Exception as exc:  # noqa: BLE001 - an exit is never blocked by a failing read
+            logger.warning("guard: PositionBook unreadable ({}); exits are sized by our own ledger", exc)
+            self.reader = None  # fork again next time: the broker may have logged in anew
+            return None
+        self.broker = BrokerPositions.from_rows(rows, started)
+        return self.broker
+
+    # ---- one alert ------------------------------------------------------------------------------
+
+    def _check_alert(self, legs: list[OrderSnapshot]) -> None:
+        legs = [o for o in legs if o.command_id not in self.book.in_flight]  # sent already: a repeated check
+        entries = [o for o in legs if o.execution_type == "ENTRY"]
+        exits = [o for o in legs if o.execution_type != "ENTRY"]
+        if entries:
+            self._carry_out(plan_entry(self.book, entries), together=True)
+        if exits:
+            self._check_exits(exits)
+
+    def _check_exits(self, exits: list[OrderSnapshot]) -> None:
+        group = alert_group(exits[0])
+        mine = {o.command_id for o in exits}
+        siblings = [OrderSnapshot.model_validate(o) for o in queries.alert_legs(exits[0].alert_key)
+                    if o["command_id"] not in mine]
+        broker = self._broker_truth()
+        if broker is None:
+            legs = ", ".join(f"{o.symbol}" for o in exits)
+            self._notify("ledger", f"Exit {group} ({exits[0].strategy_name}: {legs}) sized by own ledger: broker "
+                                   f"position unknown (PositionBook unreadable)")
+        plan = plan_exit(self.book, exits, broker, siblings)
+        self._carry_out(plan, together=False)
+
+    def _carry_out(self, plan: AlertPlan, *, together: bool) -> None:
+        for cid, exit_id in plan.supersede.items():
+            logger.info("EXIT {} cancels resting entry {}", exit_id, cid)
+            self.registry.tell("broker", CancelOrder(command_id=cid, reason=f"superseded by EXIT {exit_id}"))
+        for leg, decision in plan.write_offs:
+            self._write_off(leg, decision)
+        for cid, tag in plan.blocked.items():
+            self._block_id(cid, tag, plan.details.get(cid))
+        to_send: list[OrderSnapshot] = []
+        failed: OrderSnapshot | None = None
+        for leg, decision in plan.send:
+            self.book.release(leg.command_id)  # admitted while planning; admitted again below as sent
+            pieces = self._resolve_and_split(leg, decision)
+            if not pieces:
+                failed = failed or leg
+                if together:
+                    break
+                continue
+            to_send.extend(pieces)
+        if together and failed is not None:
+            # A leg of the spread could not be prepared: none of them goes.
+            held_back = {o.command_id for o in to_send} | {leg.command_id for leg, _ in plan.send}
+            for cid in sorted(held_back - {failed.command_id}):
+                self._block_id(cid, "GUARD_BLOCKED:OTHER_LEG_BLOCKED", f"leg {failed.command_id} could not be "
+                                                                     f"prepared")
+            return
+        if plan.hold:
+            self._hold(plan, to_send)
+        for order in to_send:
+            self.book.admit(order)
+        if to_send:
+            self.registry.tell("broker", SendLegs(orders=tuple(to_send), together=together and len(to_send) > 1))
+
+    def _resolve_and_split(self, leg: OrderSnapshot, decision: Decision) -> tuple[OrderSnapshot, ...]:
+        order = leg
+        if (decision.side, decision.quantity, decision.product) != (leg.side, leg.quantity, leg.product):
+            result: TransitionResult = self.registry.ask("store", AmendExitLeg(
+                command_id=leg.command_id, side=decision.side, quantity=decision.quantity,
+                product=decision.product))
+            if result.reason == "ALREADY_SPLIT":
+                logger.warning("exit leg {} was already resolved and split (a retried check): sending what is "
+                               "still CREATED", leg.command_id)
+                return self._resume_split(leg.command_id)
+            if not result.applied or result.order is None:
+                logger.warning("exit leg {} could not be resolved (no longer CREATED)", leg.command_id)
+                return ()
+            order = result.order
+        if decision.note:
+            logger.info("exit {} {} {} {} {}: {}", order.command_id, order.side, order.quantity, order.symbol,
+                        order.product, decision.note)
+        return self._split(order)
+
+    def _write_off(self, leg: OrderSnapshot, decision: Decision) -> None:
+        key = decision.position
+        held = self.book.positions.get(key, 0)
+        signed = -decision.write_off if held > 0 else decision.write_off
+        self.book.adjust(key, signed)
+        strategy, exchange, symbol, product = key
+        reason = (f"squared off outside the service: the broker holds less than {strategy}'s {held:+d} "
+                  f"({decision.note})")
+        self.registry.tell("store", WriteOffPosition(strategy_name=strategy, exchange=exchange, symbol=symbol,
+                                                     product=product, quantity=signed, reason=reason,
+                                                     command_id=leg.command_id))
+        self._notify("ledger", f"{strategy} {exchange} {symbol} {product}: {abs(signed)} squared off outside the "
+                               f"service; written off the strategy's ledger ({held:+d} -> {held + signed:+d})")
+
+    # ---- EXIT wings waiting for their buy-backs ---------------------------------------------------
+
+    def _hold(self, plan: AlertPlan, sent: list[OrderSnapshot]) -> None:
+        group = alert_group(plan.hold[0])
+        held = self.held.setdefault(group, HeldWings())
+        # The children of a split buy-back are buy-backs too.
+        parents = set(plan.wait_for)
+        held.wait_for |= parents | {o.command_id for o in sent if o.parent_command_id in parents}
+        for wing in plan.hold:
+            if wing.command_id not in held.wings:
+                held.wings[wing.command_id] = wing
+                self.registry.tell("store", NoteOrder(command_id=wing.command_id, detail=(
+                    f"{HELD} waiting for the buy-back(s) of the same underlying to fill before selling this wing")))
+        logger.info("exit {}: wings {} wait for buy-backs {}", group, sorted(held.wings), sorted(held.wait_for))
+
+    def _release_wings(self, order: OrderSnapshot) -> None:
+        group = alert_group(order)
+        held = self.held.get(group)
+        if held is None or order.command_id not in held.wait_for:
+            return
+        held.wait_for.discard(order.command_id)
+        failed = order.status == T.FAILED and order.tag not in NOTHING_TO_EXIT
+        if held.wait_for and not failed:
+            return
+        del self.held[group]
+        self._check_exits(list(held.wings.values()))
+
+    # ---- a spread that is not whole ---------------------------------------------------------------
+
+    def _watch_one_legged(self, order: OrderSnapshot) -> None:
+        """A leg of a multi-leg ENTRY alert failed at or after the send: if another leg of the alert went out,
+        the spread is one-legged. Report it once, loudly; with one_legged = "exit" also undo the legs that went."""
+        if order.execution_type != "ENTRY" or is_blocker_tag(order.tag) or not order.alert_key:
+            return
+        group = alert_group(order)
+        if group in self.one_legged:
+            return
+        legs = [OrderSnapshot.model_validate(o) for o in queries.alert_legs(order.alert_key)]
+        went = [o for o in legs if o.command_id != order.command_id
+                and (o.filled_qty > 0 or o.status in T.OPEN_AT_BROKER)]
+        if not went:
+            return
+        self.one_legged.add(group)
+        failed = [o for o in legs if o.status == T.FAILED and not is_blocker_tag(o.tag)] or [order]
+        text = (f"ONE-LEGGED SPREAD {order.alert_id} ({order.strategy_name}): "
+                f"failed {', '.join(f'{o.side} {o.quantity} {o.symbol} [{o.tag}]' for o in failed)}; "
+                f"went out {', '.join(f'{o.side} {o.filled_qty}/{o.quantity} {o.symbol} ({o.status})' for o in went)}")
+        mode = getattr(getattr(self.config, "risk", None), "one_legged", "notify")
+        logger.bind(event="one_legged", alert_id=order.alert_id, alert_key=group).critical("{}", text)
+        self._notify("risk", text + ("; exiting the legs that went out" if mode == "exit"
+                                     else "; nothing was exited: check the position"))
+        if mode == "exit":
+            for o in went:
+                if o.status in T.OPEN_AT_BROKER:
+                    self.registry.tell("broker", CancelOrder(command_id=o.command_id, reason="one-legged spread"))
+            self.undoing[group] = {o.command_id for o in went}
+            self._undo(group)
+
+    def _undo(self, group: str) -> None:
+        """one_legged = "exit": once the legs that went out are terminal (filled, or cancelled above), exit what
+        they filled: an EXIT alert through the whole pipeline (source "risk"), capped at the broker's truth like
+        any exit."""
+        ids = self.undoing[group]
+        legs = [OrderSnapshot.model_validate(o) for o in queries.alert_legs(group) if o["command_id"] in ids]
+        if any(o.status in T.NON_TERMINAL for o in legs):
+            return  # a cancel or a fill is on its way
+        del self.undoing[group]
+        filled = [o for o in legs if o.filled_qty > 0]
+        if not filled:
+            return
+        alert_id = f"one-legged-exit-{uuid.uuid4().hex[:12]}"
+        legs = tuple(NewOrder(command_id=new_command_id(), alert_id=alert_id, client_id=o.client_id, source="risk",
+                              strategy_name=o.strategy_name, execution_type="EXIT", exchange=o.exchange,
+                              symbol=o.symbol, side="SELL" if o.side == "BUY" else "BUY", quantity=o.filled_qty,
+                              product=o.product, order_type="MARKET", leg_index=i) for i, o in enumerate(filled))
+        try:
+            result: RegisterResult = self.registry.ask("store", RegisterAlert(
+                alert_id=alert_id, source="risk", strategy_name=filled[0].strategy_name,
+                body=f'{{"reason": "one-legged spread {alert_group(filled[0])}"}}', legs=legs), timeout=5)
+        except Exception as exc:  # noqa: BLE001 - said loudly; the trader exits by hand
+            logger.error("guard: could not register the one-legged exit ({!r})", exc)
+            self._notify("risk", f"Could not exit the one-legged spread {alert_group(filled[0])}: exit it by hand")
+            return
+        created = tuple(o for o in result.orders if o.status == T.CREATED)
+        if created:
+            self.registry.tell("risk", OrdersRegistered(orders=created))
+
+    # ---- helpers ----------------------------------------------------------------------------------
+
+    def _notify(self, kind: str, text: str) -> None:
+        self.registry.tell("notifier", Notify(kind=kind, text=text))
 
     def _check_against_broker(self, rows) -> None:
         found = self.book.mismatches(rows)
@@ -268,38 +355,12 @@ class GuardActor(SupervisedActor):
         self.reported.update(confirmed)
 
     def _block(self, order: OrderSnapshot, tag: str) -> None:
-        self.registry.tell("store", TransitionOrder(command_id=order.command_id, to_status="FAILED",
-                                                    expect_from=("CREATED",), tag=tag))
+        self._block_id(order.command_id, tag)
 
-    def _check(self, order: OrderSnapshot) -> None:
-        decision = self.book.evaluate(order)
-        for command_id in decision.cancel:
-            logger.info("EXIT {} cancels resting entry {}", order.command_id, command_id)
-            self.registry.tell("broker", CancelOrder(command_id=command_id, reason=f"superseded by EXIT "
-                                                                                   f"{order.command_id}"))
-        if decision.tag:
-            self._block(order, decision.tag)
-            return
-        if (decision.side, decision.quantity, decision.product) != (order.side, order.quantity, order.product):
-            result: TransitionResult = self.registry.ask("store", AmendExitLeg(
-                command_id=order.command_id, side=decision.side, quantity=decision.quantity,
-                product=decision.product))
-            if result.reason == "ALREADY_SPLIT":
-                logger.warning("exit leg {} was already resolved and split (a retried check): sending what is "
-                               "still CREATED", order.command_id)
-                self._send(self._resume_split(order.command_id))
-                return
-            if not result.applied or result.order is None:
-                logger.warning("exit leg {} could not be resolved (no longer CREATED)", order.command_id)
-                return
-            order = result.order
-        self._send(self._split(order))
-
-    def _send(self, orders: tuple[OrderSnapshot, ...]) -> None:
-        for order in orders:
-            self.book.admit(order)
-        for order in orders:
-            self.registry.tell("broker", SendOrder(order=order))
+    def _block_id(self, command_id: str, tag: str, detail: str | None = None) -> None:
+        self.book.release(command_id)
+        self.registry.tell("store", TransitionOrder(command_id=command_id, to_status="FAILED",
+                                                    expect_from=("CREATED",), tag=tag, detail=detail))
 
     # ---- the freeze split -------------------------------------------------------------------------
 
@@ -368,3 +429,11 @@ class GuardActor(SupervisedActor):
         if family:  # never split and still CREATED: it is above the freeze quantity, do not send it whole
             self._block(family[0], "GUARD_BLOCKED:SPLIT_FAILED")
         return ()
+
+
+def _by_group(orders) -> dict[str, list[OrderSnapshot]]:
+    """Orders by alert (one message may carry several alerts' legs, e.g. at recovery), in leg order."""
+    groups: dict[str, list[OrderSnapshot]] = defaultdict(list)
+    for order in orders:
+        groups[alert_group(order)].append(order)
+    return groups

@@ -97,12 +97,29 @@ def leg_problems(leg: WebhookLeg, exchange: str | None) -> list[str]:
     return problems
 
 
+def alert_fingerprint(alert: WebhookAlert) -> str:
+    """sha256 of what the alert asks for, after parsing: aliases, key case, "65" vs 65 and the alert-level
+    exchange are normalised away, so a retry matches and a different alert under the same alert_id does not."""
+    legs = [{"tradingsymbol": leg.tradingsymbol.upper(), "exchange": (leg.exchange or alert.exchange or ""),
+             "direction": leg.direction, "qty": leg.qty, "order_type": leg.order_type, "price": leg.price,
+             "trigger_price": leg.trigger_price, "product_type": leg.product_type} for leg in alert.legs]
+    content = {"strategy_name": alert.strategy_name, "execution_type": alert.execution_type, "legs": legs}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def build_orders(alert: WebhookAlert, alert_id: str, client_id: str, source: str,
                  make_id: Callable[[], str] = new_command_id) -> list[NewOrder]:
+    """The alert's legs as rows to register. A leg that parsed but cannot be sent is FAILED
+    VALIDATION_FAILED:<why>; in an ENTRY alert the other legs then fail with it (OTHER_LEG_BLOCKED): the legs of
+    a spread go out together or not at all."""
+    problems_by_leg = [leg_problems(leg, leg.exchange or alert.exchange) for leg in alert.legs]
+    faulty = next((i for i, p in enumerate(problems_by_leg) if p), None)
     orders = []
     for index, leg in enumerate(alert.legs):
         exchange = leg.exchange or alert.exchange
-        problems = leg_problems(leg, exchange)
+        problems = problems_by_leg[index]
+        if not problems and faulty is not None and alert.execution_type == "ENTRY":
+            problems = ["OTHER_LEG_BLOCKED"]
         orders.append(NewOrder(
             command_id=make_id(), alert_id=alert_id, client_id=client_id, source=source,
             strategy_name=alert.strategy_name, execution_type=alert.execution_type,
@@ -201,6 +218,7 @@ class IngressApp:
             if path == "/diagnostics":
                 return 200, {"counts": queries.counts_by_status(),
                              "stuck": queries.stuck_orders(self.config.service.stuck_after_s),
+                             "one_legged": queries.one_legged_alerts(),
                              "accepting": self.accepting.is_set()}
             if path == "/risk":
                 return 200, self.registry.ask("risk", GetState(), timeout=5)
@@ -354,7 +372,7 @@ class IngressApp:
         legs = build_orders(alert, alert_id, self.config.service.client_id, source)
         msg = RegisterAlert(alert_id=alert_id, source=source, remote_addr=remote,
                             strategy_name=alert.strategy_name, body=body, legs=tuple(legs),
-                            received_mono=received_mono)
+                            received_mono=received_mono, fingerprint=alert_fingerprint(alert))
         try:
             future = self.registry.ask_future("store", msg)
             result: RegisterResult = future.get(timeout=REGISTER_TIMEOUT_S)
@@ -377,6 +395,12 @@ class IngressApp:
         """Send a freshly registered alert's CREATED legs on to the blockers."""
         if result.duplicate:
             return
+        if result.note:
+            logger.bind(event="alert_id_reused", alert_id=alert_id).warning("alert {}: {}", alert_id, result.note)
+            self.registry.tell("notifier", Notify(
+                kind="alert", text=f"Alert {alert_id} ({alert.strategy_name} {alert.execution_type}): the "
+                                   f"alert_id was used before for different content; traded as a new alert. Make "
+                                   f"alert_ids unique (see README)."))
         created = tuple(o for o in result.orders if o.status == "CREATED")
         self.registry.tell("notifier", Notify(
             kind="alert", text=f"Alert {alert_id} {alert.strategy_name} {alert.execution_type}: "

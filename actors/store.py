@@ -20,6 +20,7 @@ from actors.notifier import describe_change
 
 from messages.commands import (
     AmendExitLeg,
+    NoteOrder,
     Notify,
     BrokerOrderReport,
     RecordAlert,
@@ -32,15 +33,21 @@ from messages.commands import (
     Subscribe,
     TransitionOrder,
     TransitionResult,
+    WriteOffPosition,
 )
 from messages.orders import OrderChanged, OrderSnapshot
 from storage import transitions as T
-from storage.models import Alert, ExternalOrder, Order, OrderEvent, utc_now
+from storage.models import Alert, ExternalOrder, LedgerAdjustment, Order, OrderEvent, utc_now
 
 
 def new_command_id() -> str:
     """The same shape as ingress's: 20 characters, globally unique; travels to the broker as `remarks`."""
     return "oms" + uuid.uuid4().hex[:17]
+
+
+def new_alert_key() -> str:
+    """The service's own key of one processed alert (orders.alert_key): unique, whatever the sender's alert_id."""
+    return "ak" + uuid.uuid4().hex[:18]
 
 
 def snapshot(row: Order) -> OrderSnapshot:
@@ -127,8 +134,8 @@ def _statements(param: str) -> _Sql:
         order_cas=(f"UPDATE {orders} SET {', '.join(f'{_q(c)} = {p}' for c in _ORDER_MUTABLE)} "
                    f'WHERE "command_id" = {p} AND "status" = {p}'),
         event_insert=_insert(OrderEvent._meta.table_name, _EVENT_COLUMNS, p),
-        alert_first_accepted=(f'SELECT "response" FROM {alerts} WHERE "alert_id" = {p} AND "outcome" = {p} '
-                              f'ORDER BY "id" LIMIT 1'),
+        alert_first_accepted=(f'SELECT "response", "fingerprint" FROM {alerts} WHERE "alert_id" = {p} '
+                              f'AND "outcome" = {p} ORDER BY "id"'),
         alert_insert=_insert(Alert._meta.table_name, _ALERT_COLUMNS, p),
         external_update=(f'UPDATE {external} SET "status" = {p}, "filled_qty" = {p}, "last_seen_at" = {p} '
                          f'WHERE "broker_order_id" = {p}'),
@@ -174,21 +181,34 @@ class OrderStore:
     # ---- alerts ---------------------------------------------------------------------------------
 
     def register_alert(self, msg: RegisterAlert) -> tuple[RegisterResult, list[OrderChanged]]:
+        """Insert the alert and its legs in one transaction, under a new alert_key.
+
+        The sender's alert_id only detects retries: the same alert_id with the same content (fingerprint) is
+        answered 200 with the first answer and writes no order; with different content it is a new alert (two
+        strategies firing on one bar with TradingView's {{timenow}}, an EXIT reusing its ENTRY's id), processed,
+        and the reuse is noted on its audit row."""
         now = utc_now()
         with self.db.atomic():
-            first = self._rows(self.sql.alert_first_accepted, (msg.alert_id, "accepted"))
-            if first:
-                response = first[0][0]
+            earlier = self._rows(self.sql.alert_first_accepted, (msg.alert_id, "accepted"))
+            # A row without a fingerprint predates them: judged a retry, never a second position.
+            retry = next((r for r in earlier if msg.fingerprint is None or r[1] is None or r[1] == msg.fingerprint),
+                         None)
+            if retry is not None:
+                response = retry[0]
                 self._alert(alert_id=msg.alert_id, received_at=now, source=msg.source, remote_addr=msg.remote_addr,
                             outcome="duplicate", http_status=200, strategy_name=msg.strategy_name, body=msg.body,
-                            response=response)
+                            response=response, fingerprint=msg.fingerprint)
                 return RegisterResult(duplicate=True, http_status=200, response=json.loads(response)), []
+            reused = (f"alert_id {msg.alert_id!r} reused with different content ({len(earlier)} earlier alert(s)); "
+                      f"processed as a new alert") if earlier else None
 
+            alert_key = new_alert_key()
             rows = []
             for leg in msg.legs:
                 row = dict(_ORDER_DEFAULTS)
                 row.update(leg.model_dump())
-                row.update(created_at=now, updated_at=now, filled_qty=0, broker_order_id=None, avg_price=None)
+                row.update(created_at=now, updated_at=now, filled_qty=0, broker_order_id=None, avg_price=None,
+                           alert_key=alert_key)
                 self.db.execute_sql(self.sql.order_insert, tuple(row[c] for c in _ORDER_INSERT_COLUMNS))
                 rows.append(row)
             for r in rows:
@@ -197,10 +217,12 @@ class OrderStore:
             response = {"alert_id": msg.alert_id, "orders": _order_response(snapshots)}
             self._alert(alert_id=msg.alert_id, received_at=now, source=msg.source, remote_addr=msg.remote_addr,
                         outcome="accepted", http_status=202, strategy_name=msg.strategy_name, body=msg.body,
-                        response=json.dumps(response))
+                        response=json.dumps(response), alert_key=alert_key, fingerprint=msg.fingerprint,
+                        error=reused)
         changes = [OrderChanged(order=o, from_status=None, to_status=o.status, tag=o.tag, detail="registered")
                    for o in snapshots]
-        return RegisterResult(duplicate=False, http_status=202, response=response, orders=snapshots), changes
+        return RegisterResult(duplicate=False, http_status=202, response=response, orders=snapshots,
+                              note=reused), changes
 
     def record_alert(self, msg: RecordAlert) -> None:
         with self.db.atomic():
@@ -282,6 +304,26 @@ class OrderStore:
             )
             row = Order.get_or_none(Order.command_id == msg.command_id)
         return TransitionResult(applied=n == 1, order=snapshot(row) if row else None)
+
+    def note_order(self, msg: NoteOrder) -> bool:
+        with self.db.atomic():
+            row = self.get_order(msg.command_id)
+            if row is None:
+                return False
+            self._event(msg.command_id, row["status"], row["status"], row["tag"], msg.detail, utc_now())
+        return True
+
+    def write_off(self, msg: WriteOffPosition) -> None:
+        """A ledger correction, and an event on the exit that found it (one transaction)."""
+        now = utc_now()
+        with self.db.atomic():
+            LedgerAdjustment.create(strategy_name=msg.strategy_name, exchange=msg.exchange, symbol=msg.symbol,
+                                    product=msg.product, quantity=msg.quantity, reason=msg.reason,
+                                    command_id=msg.command_id, at=now)
+            row = self.get_order(msg.command_id) if msg.command_id else None
+            if row is not None:
+                self._event(row["command_id"], row["status"], row["status"], row["tag"],
+                            f"ledger written off {msg.quantity:+d}: {msg.reason}", now)
 
     def split_leg(self, msg: SplitLeg) -> tuple[SplitResult, list[OrderChanged]]:
         """One transaction: the CREATED row keeps quantities[0], the others become CREATED child rows."""
@@ -428,6 +470,15 @@ class StoreActor(SupervisedActor):
             return None
         if isinstance(message, AmendExitLeg):
             return self.store.amend_exit_leg(message)
+        if isinstance(message, NoteOrder):
+            return self.store.note_order(message)
+        if isinstance(message, WriteOffPosition):
+            self.store.write_off(message)
+            logger.bind(event="ledger_write_off", strategy=message.strategy_name, symbol=message.symbol,
+                        quantity=message.quantity).warning(
+                "ledger of {} {} {} {} written off {:+d}: {}", message.strategy_name, message.exchange,
+                message.symbol, message.product, message.quantity, message.reason)
+            return None
         if isinstance(message, SplitLeg):
             result, changes = self.store.split_leg(message)
             self._publish(changes)

@@ -25,6 +25,10 @@ class RegisterAlert(_Frozen):
     body: str | None = None  # secret already redacted
     legs: tuple[NewOrder, ...]
     received_mono: float | None = None  # time.monotonic() when the listener got the request (oms bench)
+    # sha256 of the alert's normalised content. With it, the same alert_id is a retry (200, the first answer)
+    # only when an earlier alert with this alert_id had the same fingerprint; otherwise a new alert. None: no
+    # retry detection (the service's own alerts, whose alert_ids are unique).
+    fingerprint: str | None = None
 
 
 class RegisterResult(_Frozen):
@@ -32,6 +36,7 @@ class RegisterResult(_Frozen):
     http_status: int
     response: dict[str, Any]
     orders: tuple[OrderSnapshot, ...] = ()
+    note: str | None = None  # e.g. the alert_id was reused with different content
 
 
 class RecordAlert(_Frozen):
@@ -141,10 +146,35 @@ class RiskCleared(_Frozen):
     orders: tuple[OrderSnapshot, ...]
 
 
-class SendOrder(_Frozen):
-    """Guard -> Broker: a leg that passed every blocker."""
+class SendLegs(_Frozen):
+    """Guard -> Broker: legs of one alert that passed every blocker, to be sent in this order.
 
-    order: OrderSnapshot
+    together: the ENTRY legs of a spread. Every leg is priced before any is claimed; if one cannot be priced,
+    claimed or placed, the legs not yet sent are held (FAILED `SEND_FAILED:OTHER_LEG_BLOCKED`), so a spread never
+    goes out one-legged through a fault of ours. Otherwise (exits) each leg goes on its own."""
+
+    orders: tuple[OrderSnapshot, ...]
+    together: bool = False
+
+
+class NoteOrder(_Frozen):
+    """-> Store: an event on an order that changes no field (e.g. an EXIT wing held until its buy-backs fill)."""
+
+    command_id: str
+    detail: str
+
+
+class WriteOffPosition(_Frozen):
+    """Guard -> Store: the broker holds less of a strategy's position than its ledger (squared off outside the
+    service): record the correction (ledger_adjustments) and an event on the exit that found it."""
+
+    strategy_name: str
+    exchange: str
+    symbol: str
+    product: str
+    quantity: int  # signed, added to the strategy's net quantity (toward zero)
+    reason: str
+    command_id: str | None = None
 
 
 class InstrumentQuery(_Frozen):

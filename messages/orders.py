@@ -15,6 +15,9 @@ class OrderFields(_Frozen):
     command_id: str
     alert_id: str
     client_id: str
+    # The service's own key of the processed alert (StoreActor assigns it at registration): the legs of one
+    # alert share it, a reused alert_id never does.
+    alert_key: str = ""
     source: str
     strategy_name: str
     execution_type: str

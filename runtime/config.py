@@ -155,6 +155,9 @@ class RiskConfig(_Section):
     # Exchange -> "HH:MM" IST: no entries on that exchange from then on, and its MIS positions are flattened.
     square_off_time: dict[str, str] = {}
     pnl_poll_interval_s: float = Field(5.0, gt=0)
+    # A spread whose legs did not all go out (a leg rejected after others were sent): "notify" tells you loudly
+    # and leaves it to you; "exit" also cancels its open legs and exits the legs that filled.
+    one_legged: Literal["notify", "exit"] = "notify"
 
     @field_validator("square_off_time")
     @classmethod

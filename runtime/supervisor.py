@@ -17,16 +17,14 @@ from typing import Callable
 import pykka
 from loguru import logger
 
-from messages.commands import Notify, OrdersRegistered, RiskCleared, SendOrder, TransitionOrder
+from messages.commands import Notify, OrdersRegistered, RiskCleared, SendLegs, TransitionOrder
 
 MAX_RESTARTS_PER_MINUTE = 10
 
 
 def orders_in(message) -> list:
-    if isinstance(message, (OrdersRegistered, RiskCleared)):
+    if isinstance(message, (OrdersRegistered, RiskCleared, SendLegs)):
         return list(message.orders)
-    if isinstance(message, SendOrder):
-        return [message.order]
     return []
 
 

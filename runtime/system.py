@@ -101,7 +101,7 @@ class System:
             "notifier": lambda: NotifierActor.start(reg, cfg),
             "broker": lambda: BrokerActor.start(reg, cfg, client=self.client, ws_url=ws_url),
             "watcher": lambda: WatcherActor.start(reg, cfg),
-            "guard": lambda: GuardActor.start(reg),
+            "guard": lambda: GuardActor.start(reg, cfg),
             "risk": lambda: RiskActor.start(reg, cfg, clock=self.clock),
         }
         self.supervisor = Supervisor(reg, self.factories)
@@ -109,6 +109,8 @@ class System:
         for name in ("store", "notifier", "broker", "watcher", "guard", "risk"):
             if name == "watcher":  # the first watcher knows recover() reads the book; a restarted one does not
                 reg.set(name, WatcherActor.start(reg, cfg, startup=True))
+            elif name == "guard":  # recover() dispatches the CREATED legs at start; a restarted guard resumes its own
+                reg.set(name, GuardActor.start(reg, cfg, startup=True))
             else:
                 reg.set(name, self.factories[name]())
         self.recover()
@@ -154,7 +156,7 @@ class System:
                     tag="EXPIRED_ON_RESTART", detail="created on an earlier trading day" if earlier_day
                     else "older than max_signal_age_s at restart"))
             else:
-                by_alert.setdefault(row.alert_id, []).append(OrderSnapshot.model_validate(row.__data__))
+                by_alert.setdefault(row.alert_key or row.alert_id, []).append(OrderSnapshot.model_validate(row.__data__))
         for orders in by_alert.values():
             self.registry.tell("risk", OrdersRegistered(orders=tuple(orders)))
         if by_alert:

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from peewee import fn
 
 from storage import transitions as T
-from storage.models import Order, OrderEvent
+from storage.models import LedgerAdjustment, Order, OrderEvent
 
 
 def order_dict(row: Order) -> dict:
@@ -55,7 +55,8 @@ def stuck_orders(older_than_s: float, now: datetime | None = None) -> list[dict]
 
 
 def strategy_positions() -> list[dict]:
-    """Net position per strategy, exchange, symbol and product, from our own fills."""
+    """Net position per strategy, exchange, symbol and product, from our own fills and the write-offs the
+    broker's truth forced (ledger_adjustments)."""
     rows: dict[tuple, int] = {}
     for r in Order.select(Order.strategy_name, Order.exchange, Order.symbol, Order.product, Order.side,
                           fn.SUM(Order.filled_qty)).where(Order.filled_qty > 0).group_by(
@@ -63,7 +64,82 @@ def strategy_positions() -> list[dict]:
         strategy, exch, sym, prd, side, qty = r
         key = (strategy, exch, sym, prd)
         rows[key] = rows.get(key, 0) + (qty if side == "BUY" else -qty)
+    for strategy, exch, sym, prd, qty in ledger_adjustment_rows():
+        key = (strategy, exch, sym, prd)
+        rows[key] = rows.get(key, 0) + qty
     return [
         {"strategy_name": k[0], "exchange": k[1], "symbol": k[2], "product": k[3], "net_qty": v}
         for k, v in sorted(rows.items()) if v != 0
     ]
+
+
+# ---- the guard's ledger and an alert's legs ---------------------------------------------------------------
+
+def guard_ledger_rows() -> list[tuple]:
+    """Every order with a fill or open at the broker, in order, as plain tuples for GuardBook.from_rows:
+    (command_id, alert group, strategy, exchange, symbol, product, side, execution_type, quantity, filled_qty,
+    status). The alert group is alert_key (alert_id for rows written before alert keys existed)."""
+    open_statuses = sorted(T.OPEN_AT_BROKER)
+    marks = ", ".join("?" for _ in open_statuses)
+    cursor = Order._meta.database.execute_sql(
+        "SELECT command_id, CASE WHEN alert_key IS NULL OR alert_key = '' THEN alert_id ELSE alert_key END, "
+        "strategy_name, exchange, symbol, product, side, execution_type, quantity, filled_qty, status "
+        f"FROM orders WHERE filled_qty > 0 OR status IN ({marks}) ORDER BY id", open_statuses)
+    return cursor.fetchall()
+
+
+def ledger_adjustment_rows() -> list[tuple]:
+    """(strategy, exchange, symbol, product, signed quantity) of every ledger write-off, oldest first."""
+    return list(LedgerAdjustment.select(LedgerAdjustment.strategy_name, LedgerAdjustment.exchange,
+                                        LedgerAdjustment.symbol, LedgerAdjustment.product,
+                                        LedgerAdjustment.quantity).order_by(LedgerAdjustment.id).tuples())
+
+
+def alert_legs(alert_key: str) -> list[dict]:
+    """Every order of one processed alert (split children included), in leg order."""
+    if not alert_key:
+        return []
+    query = Order.select().where(Order.alert_key == alert_key).order_by(Order.leg_index, Order.id)
+    return [order_dict(r) for r in query]
+
+
+def created_orders_with_event(detail_prefix: str) -> list[dict]:
+    """CREATED orders whose latest event's detail starts with `detail_prefix` (e.g. exit wings held back)."""
+    latest = (OrderEvent.select(OrderEvent.command_id, fn.MAX(OrderEvent.id).alias("last"))
+              .group_by(OrderEvent.command_id))
+    query = (Order.select().join(latest, on=(Order.command_id == latest.c.command_id))
+             .join(OrderEvent, on=(OrderEvent.id == latest.c.last))
+             .where((Order.status == T.CREATED) & OrderEvent.detail.startswith(detail_prefix))
+             .order_by(Order.id))
+    return [order_dict(r) for r in query]
+
+
+def one_legged_alerts(limit: int = 100) -> list[dict]:
+    """Multi-leg ENTRY alerts where a leg failed at or after the send while another leg of the same alert went
+    out (filled, or still open at the broker): a spread that is not whole."""
+    cursor = Order._meta.database.execute_sql(
+        "SELECT alert_key FROM orders WHERE execution_type = 'ENTRY' AND status = ? AND alert_key != '' "
+        "AND tag NOT LIKE 'VALIDATION_FAILED%' AND tag NOT LIKE 'RISK_BLOCKED%' AND tag NOT LIKE 'GUARD_BLOCKED%' "
+        "AND tag NOT LIKE 'DUPLICATE_BLOCKED%' AND tag NOT LIKE '%OTHER_LEG_BLOCKED' GROUP BY alert_key ORDER BY MAX(id) DESC LIMIT ?",
+        (T.FAILED, 10 * limit))
+    keys = [row[0] for row in cursor.fetchall()]
+    out = []
+    for key in keys:
+        legs = alert_legs(key)
+        went = [o for o in legs if o["filled_qty"] > 0 or o["status"] in T.OPEN_AT_BROKER]
+        lost = [o for o in legs if o["status"] == T.FAILED and not _blocked_tag(o["tag"])]
+        if went and lost:
+            out.append({"alert_key": key, "alert_id": legs[0]["alert_id"], "strategy_name": legs[0]["strategy_name"],
+                        "went": [_leg_brief(o) for o in went], "failed": [_leg_brief(o) for o in lost]})
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _blocked_tag(tag: str | None) -> bool:
+    return bool(tag) and (tag.startswith(("VALIDATION_FAILED", "RISK_BLOCKED", "GUARD_BLOCKED", "DUPLICATE_BLOCKED"))
+                          or tag.endswith("OTHER_LEG_BLOCKED"))
+
+
+def _leg_brief(o: dict) -> dict:
+    return {k: o[k] for k in ("command_id", "symbol", "side", "quantity", "filled_qty", "status", "tag")}

@@ -116,7 +116,7 @@ def test_following_the_delays_never_exceeds_the_limits():
 def test_a_leg_the_broker_request_cannot_express_fails_before_the_claim(make_system, paper):
     """Never 'maybe sent': a CREATED leg that cannot become a PlaceOrder ends FAILED, never SENT_TO_BROKER."""
     from conftest import paper_orders
-    from messages.commands import RegisterAlert, SendOrder
+    from messages.commands import RegisterAlert, SendLegs
     from messages.orders import NewOrder
 
     system = make_system(broker={"market_protection": False})
@@ -124,7 +124,7 @@ def test_a_leg_the_broker_request_cannot_express_fails_before_the_claim(make_sys
                    strategy_name="S1", execution_type="ENTRY", exchange="NFO", symbol="NIFTY27MAR26C25700",
                    side="BUY", quantity=0, product="NRML", order_type="MARKET")
     result = system.registry.ask("store", RegisterAlert(alert_id="bad", source="webhook", legs=(leg,)))
-    system.inject("broker", SendOrder(order=result.orders[0]))
+    system.inject("broker", SendLegs(orders=(result.orders[0],)))
     order = system.wait_for_status("omsinvalidrequest01", "FAILED")
     assert order["tag"] == "SEND_FAILED:INVALID_REQUEST"
     assert [e["to_status"] for e in order["events"]] == ["CREATED", "FAILED"]

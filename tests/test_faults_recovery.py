@@ -623,7 +623,7 @@ def test_guard_dies_on_risk_cleared_is_restarted_and_the_order_still_executes(om
 def test_send_order_that_kills_the_broker_twice_fails_internal_error_and_is_never_sent(oms, paper):
     system = oms(broker=FAST)
     restarts = system.supervisor.restarts
-    system.registry.inject_fault("broker", "SendOrder", 2)
+    system.registry.inject_fault("broker", "SendLegs", 2)
     cid = one_leg(system, alert())
     failed = system.wait_for_status(cid, "FAILED", timeout=10)
     assert failed["tag"] == "INTERNAL_ERROR:BROKER"
@@ -671,7 +671,7 @@ def test_after_a_broker_restart_polling_survives_a_session_expiry(oms, paper):
     recover with the broker's new login. (Regression: the watcher used to keep a reader forked from the dead
     broker's client, whose credentials no re-login ever refreshed.)"""
     system = oms(broker={**FAST, "use_websocket": False})
-    system.registry.inject_fault("broker", "SendOrder", 1)
+    system.registry.inject_fault("broker", "SendLegs", 1)
     cid = one_leg(system, alert())
     system.wait_for_status(cid, "EXECUTED", timeout=10)  # re-delivered once to the restarted broker
     assert system.supervisor.restarts >= 1

@@ -244,12 +244,16 @@ def test_default_command_ids_are_unique_and_fit_remarks():
     assert len(set(ids)) == 2 and all(0 < len(i) <= 40 for i in ids)
 
 
-def test_qty_zero_leg_fails_validation_while_other_legs_are_created():
+def test_qty_zero_entry_leg_fails_validation_and_holds_the_other_legs():
     orders = _orders(alert(legs=[leg(), leg(qty=0, tradingsymbol="NIFTY27MAR26P25700")]))
+    assert (orders[0].status, orders[0].tag) == ("FAILED", "VALIDATION_FAILED:OTHER_LEG_BLOCKED")
+    assert (orders[1].status, orders[1].tag) == ("FAILED", "VALIDATION_FAILED:QTY_NOT_POSITIVE")
+
+
+def test_qty_zero_exit_leg_fails_validation_while_other_exit_legs_are_created():
+    orders = _orders(alert(execution_type="EXIT", legs=[leg(), leg(qty=0, tradingsymbol="NIFTY27MAR26P25700")]))
     assert orders[0].status == "CREATED" and orders[0].tag is None
-    assert orders[1].status == "FAILED"
-    assert orders[1].tag.startswith("VALIDATION_FAILED:")
-    assert len(orders[1].tag) > len("VALIDATION_FAILED:")
+    assert (orders[1].status, orders[1].tag) == ("FAILED", "VALIDATION_FAILED:QTY_NOT_POSITIVE")
 
 
 def test_negative_and_fractional_qty_fail_validation():

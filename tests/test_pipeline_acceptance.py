@@ -357,7 +357,8 @@ def test_exit_with_smaller_qty_exits_only_that_qty(make_system, paper):
 
 # ---- 6. four legs in one alert ----------------------------------------------------------------------------
 
-def test_four_leg_alert_registers_atomically_and_each_leg_settles(make_system, paper_factory):
+def test_four_leg_entry_with_an_invalid_leg_registers_atomically_and_sends_nothing(make_system, paper_factory):
+    """A spread never goes out one-legged: one invalid ENTRY leg fails every leg of the alert."""
     exchange = paper_factory(reject_symbols=[BAD])
     set_ltp(exchange, "NFO", PUT, 100.0)
     system = make_system(exchange)
@@ -372,24 +373,45 @@ def test_four_leg_alert_registers_atomically_and_each_leg_settles(make_system, p
     ]
     answer = accepted(system, alert(legs=legs, alert_id="four"))
     assert [o["tradingsymbol"] for o in answer] == [SYM, PUT, BAD, "NIFTY27MAR26C25800"]
-    assert answer[3]["status"] == "FAILED" and answer[3]["tag"].startswith("VALIDATION_FAILED:")
-    assert all(o["status"] == "CREATED" for o in answer[:3])
+    assert answer[3]["status"] == "FAILED" and answer[3]["tag"] == "VALIDATION_FAILED:QTY_NOT_POSITIVE"
+    assert [(o["status"], o["tag"]) for o in answer[:3]] == [("FAILED", "VALIDATION_FAILED:OTHER_LEG_BLOCKED")] * 3
 
     rows = system.orders(strategy="S1")
     assert len(rows) == 4
     assert len({r["created_at"] for r in rows}) == 1, "legs were not registered in one transaction"
     assert {r["alert_id"] for r in rows} == {"four"}
+    assert len({r["alert_key"] for r in rows}) == 1
     assert sorted(r["leg_index"] for r in rows) == [0, 1, 2, 3]
+    for o in answer:
+        assert statuses(system.order(o["command_id"])) == ["FAILED"]
+        assert at_paper(exchange, o["command_id"]) == []
 
+
+def test_three_leg_entry_whose_last_leg_the_broker_rejects_is_reported_one_legged(make_system, paper_factory):
+    exchange = paper_factory(reject_symbols=[BAD])
+    set_ltp(exchange, "NFO", PUT, 100.0)
+    system = make_system(exchange)
+    legs = [
+        {"tradingsymbol": SYM, "direction": "BUY", "qty": 65, "order_type": "MARKET", "product_type": "NRML"},
+        {"tradingsymbol": PUT, "direction": "BUY", "qty": 65, "order_type": "LIMIT", "price": 110.0,
+         "product_type": "NRML"},
+        {"tradingsymbol": BAD, "direction": "BUY", "qty": 1, "order_type": "MARKET", "product_type": "CNC",
+         "exchange": "NSE"},
+    ]
+    answer = accepted(system, alert(legs=legs, alert_id="three"))
     final = [system.wait_for_status(o["command_id"], TERMINAL) for o in answer]
-    market, limit, rejected, invalid = final
+    market, limit, rejected = final
     assert market["status"] == "EXECUTED" and market["filled_qty"] == 65
     assert limit["status"] == "EXECUTED" and limit["filled_qty"] == 65 and limit["avg_price"] == pytest.approx(100.0)
     assert rejected["status"] == "FAILED" and rejected["tag"].startswith("BROKER_REJECTED:")
-    assert invalid["status"] == "FAILED" and invalid["tag"] == "VALIDATION_FAILED:QTY_NOT_POSITIVE"
-    assert statuses(invalid) == ["FAILED"]
-    assert at_paper(exchange, invalid["command_id"]) == []
-    assert {e["at"] for o in final for e in o["events"][:1]} == {rows[0]["created_at"]}
+    note = system.wait_until(lambda: [n for n in system.notifications()["recent"]
+                                      if "ONE-LEGGED" in n["text"] and "three" in n["text"]], 10,
+                             "a one-legged notification")[0]
+    assert BAD in note["text"] and SYM in note["text"] and PUT in note["text"]
+    diagnostics = requests.get(f"{system.url}/diagnostics", timeout=5).json()
+    [spread] = [d for d in diagnostics["one_legged"] if d["alert_id"] == "three"]
+    assert {leg["symbol"] for leg in spread["failed"]} == {BAD}
+    assert {leg["symbol"] for leg in spread["went"]} == {SYM, PUT}
 
 
 # ---- 7. fifty identical alerts at once --------------------------------------------------------------------
@@ -512,7 +534,8 @@ def test_x_signature_replaces_secret_key(make_system, paper):
     assert len(system.orders()) == 2
 
 
-def test_a_zero_qty_leg_fails_validation_and_the_others_proceed(make_system, paper):
+def test_a_zero_qty_entry_leg_fails_validation_and_holds_the_other_legs(make_system, paper):
+    """The ENTRY legs of one alert go together or not at all (issue 10): the valid legs are refused with it."""
     system = make_system()
     legs = [
         {"tradingsymbol": SYM, "direction": "BUY", "qty": 65, "order_type": "MARKET", "product_type": "NRML"},
@@ -521,11 +544,11 @@ def test_a_zero_qty_leg_fails_validation_and_the_others_proceed(make_system, pap
          "product_type": "NRML"},
     ]
     good, bad, no_price = accepted(system, alert(legs=legs, alert_id="zero"))
-    assert bad["status"] == "FAILED" and bad["tag"].startswith("VALIDATION_FAILED:")
-    assert no_price["status"] == "FAILED" and no_price["tag"].startswith("VALIDATION_FAILED:")
-    assert system.wait_for_status(good["command_id"], TERMINAL)["status"] == "EXECUTED"
-    assert system.order(bad["command_id"])["status"] == "FAILED"
-    assert [o["tsym"] for o in paper_orders(paper)] == [SYM]
+    assert bad["status"] == "FAILED" and bad["tag"] == "VALIDATION_FAILED:QTY_NOT_POSITIVE"
+    assert no_price["status"] == "FAILED" and no_price["tag"] == "VALIDATION_FAILED:PRICE_REQUIRED"
+    assert good["status"] == "FAILED" and good["tag"] == "VALIDATION_FAILED:OTHER_LEG_BLOCKED"
+    assert system.order(good["command_id"])["status"] == "FAILED"
+    assert paper_orders(paper) == []
     wait_note(system, bad["command_id"], "blocked")
 
 
@@ -565,13 +588,37 @@ def test_concurrent_replays_of_one_alert_id_register_once(make_system, paper):
     assert [o["remarks"] for o in paper_orders(paper)] == [cid]
 
 
-def test_a_duplicate_alert_id_with_other_content_still_replays(make_system, paper):
+def test_the_same_alert_id_with_other_content_is_a_new_alert_and_the_reuse_is_noted(make_system, paper):
+    """Two strategies firing on one bar with TradingView's {{timenow}} as alert_id: both trade (issue 10)."""
     system = make_system()
     first_status, first = system.inject_alert(alert(alert_id="tv-9"))
-    second_status, second = system.inject_alert(alert(alert_id="tv-9", qty=130, tradingsymbol=PUT))
-    assert (first_status, second_status) == (202, 200) and second == first
-    system.wait_for_status(first["orders"][0]["command_id"], TERMINAL)
-    assert len(system.orders()) == 1 and len(paper_orders(paper)) == 1
+    second_status, second = system.inject_alert(alert(strategy="S2", alert_id="tv-9", tradingsymbol=PUT))
+    assert (first_status, second_status) == (202, 202) and second != first
+    one, two = first["orders"][0]["command_id"], second["orders"][0]["command_id"]
+    assert system.wait_for_status(one, TERMINAL)["status"] == "EXECUTED"
+    assert system.wait_for_status(two, TERMINAL)["status"] == "EXECUTED"
+    assert system.order(one)["alert_key"] != system.order(two)["alert_key"]
+    assert sorted(o["tsym"] for o in paper_orders(paper)) == sorted([SYM, PUT])
+    rows = list(Alert.select().where(Alert.alert_id == "tv-9").order_by(Alert.id))
+    assert [r.outcome for r in rows] == ["accepted", "accepted"]
+    assert rows[0].error is None and "reused with different content" in rows[1].error
+    system.wait_until(lambda: [n for n in system.notifications()["recent"]
+                               if "tv-9" in n["text"] and "used before" in n["text"]], 5, "a reuse notification")
+    # A retry of either (the same content after parsing: aliases, case, "65" vs 65) is answered, not traded.
+    retry_status, retry = system.inject_alert(alert(strategy="S2", alert_id="tv-9", tradingsymbol=PUT,
+                                                    qty="65", order_type="MKT", direction="buy"))
+    assert (retry_status, retry) == (200, second)
+    assert len(system.orders()) == 2 and len(paper_orders(paper)) == 2
+
+
+def test_an_exit_reusing_its_entrys_alert_id_is_traded(make_system, paper):
+    system = make_system()
+    _, entry = system.inject_alert(alert(alert_id="bar-1"))
+    system.wait_for_status(entry["orders"][0]["command_id"], "EXECUTED")
+    status, exit_ = system.inject_alert(alert(alert_id="bar-1", execution_type="EXIT", direction="SELL"))
+    assert status == 202 and exit_ != entry
+    order = system.wait_for_status(exit_["orders"][0]["command_id"], TERMINAL)
+    assert (order["status"], order["side"], order["filled_qty"]) == ("EXECUTED", "SELL", 65)
 
 
 def test_keys_are_case_insensitive_and_aliases_accepted(make_system, paper):
