@@ -155,6 +155,9 @@ class RiskConfig(_Section):
     # Exchange -> "HH:MM" IST: no entries on that exchange from then on, and its MIS positions are flattened.
     square_off_time: dict[str, str] = {}
     pnl_poll_interval_s: float = Field(5.0, gt=0)
+    # PositionBook rounds a flatten keeps trying what it cannot exit (a position no strategy holds, a cancel
+    # the broker refuses, an exit rejected) before it ends and names them.
+    flatten_max_rounds: int = Field(10, ge=1)
 
     @field_validator("square_off_time")
     @classmethod
