@@ -380,6 +380,9 @@ class RiskActor(SupervisedActor):
         job.started_at = _iso(now)
         job.orders_before = _iso(self._wall(now))  # orders' created_at is wall-clock time
         if not self.core.add_job(job):
+            logger.bind(event="risk", kind="FLATTEN").info("risk: flatten {} ({}) requested: a running flatten covers "
+                                                          "it and starts again from now", job.describe(), job.reason)
+            self._persist()
             return False
         logger.bind(event="risk", kind="FLATTEN").warning("risk: flatten started: {} ({})", job.describe(), job.reason)
         self._notify(f"Flatten started ({job.reason}): cancelling open orders and exiting {job.describe()}")

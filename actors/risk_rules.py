@@ -705,8 +705,17 @@ class RiskCore:
         return due
 
     def add_job(self, job: FlattenJob) -> bool:
-        """Start a flatten job unless a running one already covers it. Returns True when added."""
-        if any(j.covers(job) for j in self.jobs):
+        """Start a flatten job unless a running one already covers it. Returns True when added.
+
+        A covering job is re-armed instead: it takes the new job's start (so what was entered since its own
+        start is now its to exit) and its rounds begin again."""
+        covering = [j for j in self.jobs if j.covers(job)]
+        for j in covering:
+            if job.orders_before and job.orders_before > j.orders_before:
+                j.started_at, j.orders_before = job.started_at, job.orders_before
+                j.rounds = j.idle_reads = 0
+                self.dirty.add("flatten")
+        if covering:
             return False
         self.jobs = [j for j in self.jobs if not job.covers(j)] + [job]
         self.dirty.add("flatten")

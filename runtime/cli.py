@@ -326,7 +326,8 @@ def cmd_exit(args) -> int:
             _out(f"oms: {exc}", file=sys.stderr)
             return EXIT_PROBLEM
         if not args.json:
-            _out("flatten started" if view.get("flatten_started") else "a running flatten already covers this")
+            _out("flatten started" if view.get("flatten_started")
+                 else "a running flatten already covers this; it starts again from now")
         _print_risk(view, args.json)
         return EXIT_OK
     if args.qty:

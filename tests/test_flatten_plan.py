@@ -120,3 +120,14 @@ def test_flatten_stop_request_and_the_rounds_setting():
     assert config_from_dict({"risk": {"flatten_max_rounds": 3}}, environ={}).risk.flatten_max_rounds == 3
     with pytest.raises(ConfigError, match="flatten_max_rounds"):
         config_from_dict({"risk": {"flatten_max_rounds": 0}}, environ={})
+
+
+def test_a_new_request_covered_by_a_running_job_re_arms_it_from_now():
+    core = R.RiskCore(R.Limits(), jobs=[R.FlattenJob(reason="DAILY_LOSS_HIT", started_at=START,
+                                                     orders_before=START, rounds=7, idle_reads=1)])
+    assert core.add_job(R.FlattenJob(strategy="S1", started_at=AFTER, orders_before=AFTER)) is False
+    running = core.jobs[0]
+    assert (running.reason, running.orders_before, running.rounds, running.idle_reads) == (
+        "DAILY_LOSS_HIT", AFTER, 0, 0)
+    assert core.add_job(R.FlattenJob(strategy="S1", started_at=BEFORE, orders_before=BEFORE)) is False
+    assert core.jobs[0].orders_before == AFTER  # never moved back
