@@ -222,7 +222,8 @@ class IngressApp:
                              "accepting": self.accepting.is_set()}
             if path == "/risk":
                 return 200, self.registry.ask("risk", GetState(), timeout=5)
-        if method == "POST" and path in ("/risk/halt", "/risk/resume", "/risk/reduce", "/risk/flatten"):
+        if method == "POST" and path in ("/risk/halt", "/risk/resume", "/risk/reduce", "/risk/flatten",
+                                         "/risk/flatten/stop"):
             # The risk commands' parsing and authentication live with RiskActor.
             from actors.risk import risk_request
 

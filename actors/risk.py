@@ -8,7 +8,10 @@ legs and passes the rest to the guard.
 Flattening (breach, `POST /risk/flatten`, square-off time): every round cancels our open orders in scope at
 the broker and registers EXIT legs (source "risk") through StoreActor exactly as the ingress registers an
 alert, then sends them through the normal pipeline (risk -> guard -> broker). Rounds repeat on each
-PositionBook snapshot until two consecutive reads leave nothing to cancel, exit or wait for.
+PositionBook snapshot until two consecutive reads leave nothing to cancel, exit, wait for or report, or until
+`[risk] flatten_max_rounds` rounds have not got there: then the job ends and names what it could not exit
+(once: a log line and one notification). A job only ever exits what its orders made: positions of orders
+registered before it started (see actors/risk_rules.py, "Flatten jobs").
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from actors.risk_rules import (
     Limits,
     OrderFacts,
     RiskCore,
+    describe_unfinished,
     lot_size_fallback,
     plan_flatten,
     positions_pnl,
@@ -55,7 +59,7 @@ from messages.commands import (
     TransitionOrder,
 )
 from messages.orders import NewOrder, OrderSnapshot
-from messages.risk import CancelIntent, ExitIntent, Flatten, Reduce, RiskEvent
+from messages.risk import CancelIntent, ExitIntent, Flatten, Reduce, RiskEvent, StopFlatten
 from runtime.noren.errors import SessionExpired
 from storage import queries
 from storage.models import Order, RiskState, utc_now
@@ -65,7 +69,6 @@ __all__ = ["ACTIVE", "HALTED", "REDUCING", "RiskActor", "RiskBook", "positions_p
 QUOTE_TTL_S = 10.0  # a last price older than this is fetched again for a MARKET notional check
 CANCEL_RETRY_S = 10.0  # a cancel is re-sent if the order is still open this long after
 SETTLE_READS = 2  # consecutive idle PositionBook reads before a flatten is declared done
-MAX_FLATTEN_ROUNDS = 10  # rounds that sent exits before giving up (and saying so loudly)
 ADMITTED_TTL_S = 600.0
 PNL_SAVE_EVERY_S = 30.0  # an ordinary PnL change is saved at most this often (breach, warning, floor at once)
 
@@ -78,11 +81,14 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def risk_request(path: str, data: dict) -> Halt | Resume | Reduce | Flatten | tuple[int, dict]:
-    """`POST /risk/halt|resume|reduce|flatten` as a message for RiskActor, or the (status, body) refusal.
+def risk_request(path: str, data: dict) -> Halt | Resume | Reduce | Flatten | StopFlatten | tuple[int, dict]:
+    """`POST /risk/halt|resume|reduce|flatten|flatten/stop` as a message for RiskActor, or the (status, body)
+    refusal.
 
     `data` is the JSON body the listener already authenticated with the webhook secret (these commands act on
     the account, and the listener usually faces the internet for TradingView)."""
+    if path.endswith("/flatten/stop"):
+        return StopFlatten()
     if path.endswith("/halt"):
         return Halt(reason="MANUAL")
     if path.endswith("/resume"):
@@ -125,6 +131,7 @@ class RiskActor(SupervisedActor):
         self.core = RiskCore.load(self.limits, rows)
         now = self.clock()
         self.started_at = now
+        self.core.stamp_jobs(_iso(now), _iso(self._wall(now)))  # jobs saved without their start
         self._rebuild_rates(now)
         self._after(self.core.roll(now), now)
         self._persist()
@@ -198,12 +205,19 @@ class RiskActor(SupervisedActor):
             return self.view(now)
         if isinstance(message, Resume):
             self._after([e for e in [self.core.resume(now)] if e], now)
+            self._ended(self.core.stop_jobs(manual_only=True), "resume")  # a breach's flatten goes on
             view = self.view(now)
             if view["state"] != ACTIVE:
                 self._notify(f"Resume: mode ACTIVE, but entries stay blocked: {view['reason']}")
             return view
         if isinstance(message, Flatten):
             return self._flatten_request(message, now)
+        if isinstance(message, StopFlatten):
+            ended = self.core.stop_jobs()
+            self._ended(ended, "the operator (flatten stop)")
+            view = self.view(now)
+            view["flatten_stopped"] = [j.as_dict() for j in ended]
+            return view
         if isinstance(message, GetState):
             return self.view(now)
         if message == "flatten_round":  # a round on a fresh PositionBook, without waiting for the next poll
@@ -364,12 +378,24 @@ class RiskActor(SupervisedActor):
 
     def _start_flatten(self, job: FlattenJob, now: datetime) -> bool:
         job.started_at = _iso(now)
+        job.orders_before = _iso(self._wall(now))  # orders' created_at is wall-clock time
         if not self.core.add_job(job):
+            logger.bind(event="risk", kind="FLATTEN").info("risk: flatten {} ({}) requested: a running flatten covers "
+                                                          "it and starts again from now", job.describe(), job.reason)
+            self._persist()
             return False
         logger.bind(event="risk", kind="FLATTEN").warning("risk: flatten started: {} ({})", job.describe(), job.reason)
         self._notify(f"Flatten started ({job.reason}): cancelling open orders and exiting {job.describe()}")
         self._persist()
         return True
+
+    def _ended(self, jobs: list[FlattenJob], by: str) -> None:
+        for job in jobs:
+            logger.bind(event="risk", kind="FLATTEN").warning("risk: flatten {} ({}) ended by {} after {} rounds",
+                                                             job.describe(), job.reason, by, job.rounds)
+            self._notify(f"Flatten ({job.reason}) of {job.describe()} ended by {by}; nothing more is exited")
+        if jobs:
+            self._persist()
 
     def _flatten_request(self, message: Flatten, now: datetime) -> dict:
         job = FlattenJob(strategy=message.strategy, exchange=message.exchange, reason=message.reason)
@@ -399,51 +425,61 @@ class RiskActor(SupervisedActor):
             return
         open_orders = list(Order.select(Order.command_id, Order.source, Order.strategy_name, Order.execution_type,
                                         Order.exchange, Order.symbol, Order.product, Order.status,
-                                        Order.broker_order_id)
+                                        Order.broker_order_id, Order.created_at)
                            .where(Order.status.in_(list(OPEN_STATUSES))).dicts())
         ledger = queries.strategy_positions()
         for job in list(self.core.jobs):
             self._round(job, rows, open_orders, ledger, now, counts_as_read)
 
     def _round(self, job: FlattenJob, rows, open_orders, ledger, now: datetime, counts_as_read: bool) -> None:
-        mine = [e for e in ledger if (job.exchange is None or e["exchange"] == job.exchange)
-                and (job.strategy is None or e["strategy_name"] == job.strategy)
-                and product_name(e["product"]) in job.products]
-        if not rows and mine:
-            return  # an empty PositionBook while we hold positions is not believed
+        later = queries.entry_positions_since(job.orders_before) if job.orders_before else []
         plan = plan_flatten(rows, open_orders, ledger, strategy=job.strategy, exchange=job.exchange,
-                            products=job.products)
+                            products=job.products, orders_before=job.orders_before or None, later_entries=later)
+        if not rows:
+            # An empty PositionBook while the job's strategies hold positions is not believed: no exits, but
+            # the read counts as a round, so a broker that keeps answering "no data" cannot keep the job alive.
+            probe = plan_flatten([{"exch": e["exchange"], "tsym": e["symbol"], "prd": e["product"],
+                                   "netqty": e["net_qty"]} for e in ledger], open_orders, ledger,
+                                 strategy=job.strategy, exchange=job.exchange, products=job.products,
+                                 orders_before=job.orders_before or None, later_entries=later)
+            if probe.exits:
+                if counts_as_read:
+                    self._count_round(job, probe, unbelieved=True)
+                return
+        if counts_as_read:
+            if not (plan.cancels or plan.exits or plan.waiting or plan.leftovers):
+                job.idle_reads += 1
+                self.core.dirty.add("flatten")
+                if job.idle_reads >= SETTLE_READS:
+                    self.core.end_job(job)
+                    logger.bind(event="risk", kind="FLATTEN").warning("risk: flatten {} done: flat", job.describe())
+                    self._notify(f"Flatten ({job.reason}) done: {job.describe()} flat")
+                return
+            if not self._count_round(job, plan):
+                return
         for cancel in plan.cancels:
             self._cancel(cancel, now)
         if plan.exits:
-            if job.rounds >= MAX_FLATTEN_ROUNDS:
-                self.core.end_job(job)
-                logger.critical("risk: flatten {} gave up after {} rounds; still held: {}", job.describe(),
-                                job.rounds, [f"{e.exchange}:{e.symbol}" for e in plan.exits])
-                self._notify(f"CRITICAL: flatten ({job.reason}) gave up after {job.rounds} rounds; positions "
-                             f"remain: {', '.join(f'{e.exchange}:{e.symbol}' for e in plan.exits)}. Check the broker.")
-                return
-            job.rounds += 1
-            job.idle_reads = 0
-            self.core.dirty.add("flatten")
             self._register_exits(job, plan.exits, now)
-            return
-        if not counts_as_read:
-            return
-        job.idle_reads = job.idle_reads + 1 if plan.idle else 0
+
+    def _count_round(self, job: FlattenJob, plan, *, unbelieved: bool = False) -> bool:
+        """One more round of a job that is not done; False when it has had its rounds and ended (reported)."""
+        job.idle_reads = 0
         self.core.dirty.add("flatten")
-        if job.idle_reads < SETTLE_READS:
-            return
+        if job.rounds < self.config.risk.flatten_max_rounds:
+            job.rounds += 1
+            return True
         self.core.end_job(job)
-        if plan.leftovers:
-            held = ", ".join(f"{p.exchange}:{p.symbol} {p.product} {p.netqty:+d}" for p in plan.leftovers)
-            logger.bind(event="risk", kind="FLATTEN").error("risk: flatten {} done but not flat: {} held by no "
-                                                           "strategy", job.describe(), held)
-            self._notify(f"Flatten ({job.reason}) finished, but the broker still shows positions no strategy holds "
-                         f"(external or mismatch): {held}. Close them at the broker.")
-        else:
-            logger.bind(event="risk", kind="FLATTEN").warning("risk: flatten {} done: flat", job.describe())
-            self._notify(f"Flatten ({job.reason}) done: {job.describe()} flat")
+        items = describe_unfinished(plan)
+        if unbelieved:
+            items = ["the PositionBook reads empty while our ledger holds "
+                     + ", ".join(f"{e.exchange}:{e.symbol} {e.product} ({e.strategy_name})" for e in plan.exits)]
+        logger.bind(event="risk", kind="FLATTEN").critical(
+            "risk: flatten {} ({}) ended after {} rounds without finishing: {}", job.describe(), job.reason,
+            job.rounds, "; ".join(items))
+        self._notify(f"CRITICAL: flatten ({job.reason}) of {job.describe()} ended after {job.rounds} rounds and "
+                     f"could not exit: {'; '.join(items)}. Close these at the broker yourself.")
+        return False
 
     def _cancel(self, cancel: CancelIntent, now: datetime) -> None:
         last = self.cancel_sent.get(cancel.command_id)

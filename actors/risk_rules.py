@@ -39,7 +39,18 @@ Persisted format (table risk_state, one row per client_id and key, value = JSON)
     "streak"          {"loss_days": int, "evaluated_for": date|null, "reset_after": date|null,
                        "cooldown_until": date|null}
     "flatten"         {"jobs": [{"strategy": str|null, "exchange": str|null, "products": [..],
-                                 "reason": str, "started_at": iso, "rounds": int, "idle_reads": int}]}
+                                 "reason": str, "started_at": iso, "orders_before": iso, "rounds": int,
+                                 "idle_reads": int}]}
+                      started_at is on the risk clock (the job's trading day); orders_before is the same moment
+                      on the wall clock (orders' created_at). A job saved without them counts as started at load.
+
+Flatten jobs
+    A job flattens what existed when it started: the positions of orders registered before orders_before (and
+    what those orders fill later), never a position of an ENTRY registered after it (plan_flatten takes the
+    fills of those later entries off both the broker's rows and the ledger). A PositionBook read that leaves
+    nothing to cancel, exit, wait for or report is idle; two idle reads in a row end the job (flat). Any other
+    read is a round; after `flatten_max_rounds` rounds the job ends and names what it could not exit.
+    Resume ends MANUAL jobs; StopFlatten ends every job; neither changes the trading state.
 """
 
 from __future__ import annotations
@@ -371,9 +382,10 @@ class FlattenJob:
     exchange: str | None = None
     products: tuple[str, ...] = INTRADAY_PRODUCTS
     reason: str = "MANUAL"
-    started_at: str = ""
-    rounds: int = 0  # rounds that sent exits
+    started_at: str = ""  # risk clock
+    rounds: int = 0  # PositionBook reads that still found something to cancel, exit, wait for or report
     idle_reads: int = 0  # consecutive PositionBook reads with nothing left to do
+    orders_before: str = ""  # wall clock: orders created before this are the job's; later ENTRY orders never
 
     @property
     def scope(self) -> tuple[str | None, str | None]:
@@ -390,14 +402,14 @@ class FlattenJob:
 
     def as_dict(self) -> dict:
         return {"strategy": self.strategy, "exchange": self.exchange, "products": list(self.products),
-                "reason": self.reason, "started_at": self.started_at, "rounds": self.rounds,
-                "idle_reads": self.idle_reads}
+                "reason": self.reason, "started_at": self.started_at, "orders_before": self.orders_before,
+                "rounds": self.rounds, "idle_reads": self.idle_reads}
 
     @classmethod
     def from_dict(cls, data: dict) -> FlattenJob:
         return cls(data.get("strategy"), data.get("exchange"), tuple(data.get("products") or INTRADAY_PRODUCTS),
                    data.get("reason") or "MANUAL", data.get("started_at") or "", int(data.get("rounds") or 0),
-                   int(data.get("idle_reads") or 0))
+                   int(data.get("idle_reads") or 0), data.get("orders_before") or "")
 
 
 # ---- limits ---------------------------------------------------------------------------------------
@@ -693,8 +705,17 @@ class RiskCore:
         return due
 
     def add_job(self, job: FlattenJob) -> bool:
-        """Start a flatten job unless a running one already covers it. Returns True when added."""
-        if any(j.covers(job) for j in self.jobs):
+        """Start a flatten job unless a running one already covers it. Returns True when added.
+
+        A covering job is re-armed instead: it takes the new job's start (so what was entered since its own
+        start is now its to exit) and its rounds begin again."""
+        covering = [j for j in self.jobs if j.covers(job)]
+        for j in covering:
+            if job.orders_before and job.orders_before > j.orders_before:
+                j.started_at, j.orders_before = job.started_at, job.orders_before
+                j.rounds = j.idle_reads = 0
+                self.dirty.add("flatten")
+        if covering:
             return False
         self.jobs = [j for j in self.jobs if not job.covers(j)] + [job]
         self.dirty.add("flatten")
@@ -703,6 +724,24 @@ class RiskCore:
     def end_job(self, job: FlattenJob) -> None:
         self.jobs = [j for j in self.jobs if j is not job]
         self.dirty.add("flatten")
+
+    def stop_jobs(self, *, manual_only: bool = False) -> list[FlattenJob]:
+        """End the running jobs (only the operator's MANUAL ones with manual_only, as resume does: a breach's or
+        a square-off's flatten is not the operator's to take back). Returns the jobs ended."""
+        ended = [j for j in self.jobs if not manual_only or j.reason == "MANUAL"]
+        if ended:
+            self.jobs = [j for j in self.jobs if j not in ended]
+            self.dirty.add("flatten")
+        return ended
+
+    def stamp_jobs(self, started_at: str, orders_before: str) -> None:
+        """Jobs persisted before jobs recorded their start count as started now (at load), so they are kept
+        today and never take an entry registered after this moment."""
+        for job in self.jobs:
+            if not job.started_at or not job.orders_before:
+                job.started_at = job.started_at or started_at
+                job.orders_before = job.orders_before or orders_before
+                self.dirty.add("flatten")
 
     # ---- the read view --------------------------------------------------------------------------
 
@@ -747,15 +786,31 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return obj.get(name, default) if isinstance(obj, Mapping) else getattr(obj, name, default)
 
 
+def _toward_zero(value: int, bound: int) -> int:
+    """`value` kept on the side of zero where `bound` is and never beyond it (0 when bound is 0)."""
+    if bound > 0:
+        return max(0, min(value, bound))
+    if bound < 0:
+        return min(0, max(value, bound))
+    return 0
+
+
 def plan_flatten(position_rows: Iterable[Mapping[str, Any]], open_orders: Iterable[Any],
                  ledger: Iterable[Mapping[str, Any]] = (), *, strategy: str | None = None,
-                 exchange: str | None = None, products: Iterable[str] = INTRADAY_PRODUCTS) -> FlattenPlan:
+                 exchange: str | None = None, products: Iterable[str] = INTRADAY_PRODUCTS,
+                 orders_before: str | None = None,
+                 later_entries: Iterable[Mapping[str, Any]] = ()) -> FlattenPlan:
     """One round of flattening, decided from the broker's PositionBook, our open orders and our ledger.
 
     position_rows: PositionBook rows (exch, tsym, prd, netqty), the broker's truth of what is held.
     open_orders:   our non-terminal orders (command_id, source, strategy_name, execution_type, exchange,
-                   symbol, product, status, broker_order_id), rows of `orders` or OrderSnapshots.
+                   symbol, product, status, broker_order_id, created_at), rows of `orders` or OrderSnapshots.
     ledger:        our per-strategy positions from our own fills (storage.queries.strategy_positions()).
+    orders_before: the job's start (wall clock, as orders' created_at); None: every order is the job's.
+    later_entries: the per-strategy positions of ENTRY orders created at or after orders_before (same shape
+                   as ledger). They are taken off the broker's rows and off the ledger (never past zero, never
+                   across it), so a flatten never exits a position opened after it started. Exits registered
+                   after the start stay counted: an exit only ever reduces what the job has to exit.
 
     - Every open order of ours in scope (entries and exits alike, except CNC and the service's own exits)
       is cancelled: a resting exit left behind would fill after the flatten and open a reverse position.
@@ -782,25 +837,43 @@ def plan_flatten(position_rows: Iterable[Mapping[str, Any]], open_orders: Iterab
             risk_busy.add((exch, symbol))
             waiting.add(f"{exch}:{symbol}")
             continue
+        created = _get(o, "created_at")
+        later = bool(orders_before and created and str(created) >= orders_before)
         strat = _get(o, "strategy_name")
         if strategy is not None and strat != strategy:
             continue
         busy.add((strat, exch, symbol))
+        if later and _get(o, "execution_type") == "ENTRY":
+            # Registered after the job started: never cancelled or waited for on its own. It only defers an
+            # exit of the same strategy and symbol (the guard would cancel a resting entry for that exit).
+            continue
         waiting.add(f"{exch}:{symbol}")
         broker_id = _get(o, "broker_order_id")
-        if _get(o, "status") in ("SENT_TO_BROKER", "PARTIAL") and broker_id:
+        # A later exit is waited for, not cancelled: it was sent after the flatten began, on purpose.
+        if _get(o, "status") in ("SENT_TO_BROKER", "PARTIAL") and broker_id and not later:
             cancels.append(CancelIntent(command_id=_get(o, "command_id"), broker_order_id=broker_id,
                                         strategy_name=strat, exchange=exch, symbol=symbol,
                                         execution_type=_get(o, "execution_type")))
 
+    later_by_strategy: dict[tuple[str, str, str, str], int] = {}
+    later_by_key: dict[tuple[str, str, str], int] = {}
+    for entry in later_entries:
+        key = (entry["exchange"], entry["symbol"], product_name(entry["product"]))
+        qty = int(entry["net_qty"])
+        later_by_strategy[(entry["strategy_name"], *key)] = later_by_strategy.get((entry["strategy_name"], *key),
+                                                                                  0) + qty
+        later_by_key[key] = later_by_key.get(key, 0) + qty
     held: dict[tuple[str, str, str], int] = {}
     for row in position_rows:
         key = (str(_get(row, "exch") or ""), str(_get(row, "tsym") or ""), product_name(_get(row, "prd")))
         held[key] = held.get(key, 0) + int(_num(_get(row, "netqty")))
+    held = {key: _toward_zero(net - later_by_key.get(key, 0), net) for key, net in held.items()}
     owners: dict[tuple[str, str, str], list[tuple[str, int]]] = {}
     for entry in ledger:
         key = (entry["exchange"], entry["symbol"], product_name(entry["product"]))
-        owners.setdefault(key, []).append((entry["strategy_name"], int(entry["net_qty"])))
+        net = int(entry["net_qty"])
+        owned = _toward_zero(net - later_by_strategy.get((entry["strategy_name"], *key), 0), net)
+        owners.setdefault(key, []).append((entry["strategy_name"], owned))
 
     exits: list[ExitIntent] = []
     leftovers: list[Leftover] = []
@@ -824,3 +897,18 @@ def plan_flatten(position_rows: Iterable[Mapping[str, Any]], open_orders: Iterab
             leftovers.append(Leftover(exchange=exch, symbol=symbol, product=product, netqty=remaining))
     return FlattenPlan(cancels=tuple(cancels), exits=tuple(exits), waiting=tuple(sorted(waiting)),
                        leftovers=tuple(leftovers))
+
+
+def describe_unfinished(plan: FlattenPlan) -> list[str]:
+    """What a flatten that gives up leaves behind, one readable item each (for the log and the one notice)."""
+    items = [f"{p.exchange}:{p.symbol} {p.product} {p.netqty:+d} held by no strategy" for p in plan.leftovers]
+    cancelling = set()
+    for c in plan.cancels:
+        cancelling.add(f"{c.exchange}:{c.symbol}")
+        items.append(f"order {c.command_id} ({c.strategy_name} {c.exchange}:{c.symbol}, broker id "
+                     f"{c.broker_order_id}) still open: its cancel was refused or never confirmed")
+    for e in plan.exits:
+        items.append(f"{e.exchange}:{e.symbol} {e.product} of {e.strategy_name}: {e.side} {e.quantity} "
+                     f"still to exit (exits rejected or not filled)")
+    items += [f"{w}: an order of ours is still open on it" for w in plan.waiting if w not in cancelling]
+    return items

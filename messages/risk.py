@@ -30,6 +30,11 @@ class Flatten(_Frozen):
     reason: str = "MANUAL"
 
 
+class StopFlatten(_Frozen):
+    """End every running flatten job (`POST /risk/flatten/stop`, `oms risk stop-flatten`). The trading state is
+    left as it is: a breach stays HALTED, a whole-account flatten's REDUCING stays until resume."""
+
+
 # ---- payloads of the pure core ----------------------------------------------------------------------
 
 class RiskEvent(_Frozen):

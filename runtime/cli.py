@@ -286,6 +286,11 @@ def cmd_risk(args) -> int:
                 view = _service_call(config, "POST", "/risk/flatten", {"secret_key": config.webhook.secret_key})
         elif args.action == "reduce":
             view = _service_call(config, "POST", "/risk/reduce", {"secret_key": config.webhook.secret_key})
+        elif args.action == "stop-flatten":
+            view = _service_call(config, "POST", "/risk/flatten/stop", {"secret_key": config.webhook.secret_key})
+            if not args.json:
+                stopped = view.get("flatten_stopped") or []
+                _out(f"{len(stopped)} flatten job(s) stopped" if stopped else "no flatten was running")
         else:
             view = _service_call(config, "POST", "/risk/resume", {"secret_key": config.webhook.secret_key})
     except ServiceError as exc:
@@ -321,7 +326,8 @@ def cmd_exit(args) -> int:
             _out(f"oms: {exc}", file=sys.stderr)
             return EXIT_PROBLEM
         if not args.json:
-            _out("flatten started" if view.get("flatten_started") else "a running flatten already covers this")
+            _out("flatten started" if view.get("flatten_started")
+                 else "a running flatten already covers this; it starts again from now")
         _print_risk(view, args.json)
         return EXIT_OK
     if args.qty:
@@ -408,8 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     bench.set_defaults(func=cmd_bench)
 
-    risk = with_config(sub.add_parser("risk", help="the running service's risk state: status, halt, reduce, resume"))
-    risk.add_argument("action", choices=("status", "halt", "reduce", "resume"))
+    risk = with_config(sub.add_parser("risk", help="the running service's risk state: status, halt, reduce, resume, "
+                                                   "stop-flatten"))
+    risk.add_argument("action", choices=("status", "halt", "reduce", "resume", "stop-flatten"))
     risk.add_argument("--flatten", action="store_true",
                       help="with halt: also cancel our open orders and exit every non-CNC position")
     risk.add_argument("--json", action="store_true")

@@ -158,6 +158,9 @@ class RiskConfig(_Section):
     # A spread whose legs did not all go out (a leg rejected after others were sent): "notify" tells you loudly
     # and leaves it to you; "exit" also cancels its open legs and exits the legs that filled.
     one_legged: Literal["notify", "exit"] = "notify"
+    # PositionBook rounds a flatten keeps trying what it cannot exit (a position no strategy holds, a cancel
+    # the broker refuses, an exit rejected) before it ends and names them.
+    flatten_max_rounds: int = Field(10, ge=1)
 
     @field_validator("square_off_time")
     @classmethod

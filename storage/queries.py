@@ -143,3 +143,18 @@ def _blocked_tag(tag: str | None) -> bool:
 
 def _leg_brief(o: dict) -> dict:
     return {k: o[k] for k in ("command_id", "symbol", "side", "quantity", "filled_qty", "status", "tag")}
+def entry_positions_since(since: str) -> list[dict]:
+    """Net position per strategy, exchange, symbol and product from the fills of ENTRY orders created at or after
+    `since` (UTC ISO-8601, as created_at): what a risk flatten that started then must leave alone."""
+    rows: dict[tuple, int] = {}
+    for r in Order.select(Order.strategy_name, Order.exchange, Order.symbol, Order.product, Order.side,
+                          fn.SUM(Order.filled_qty)).where(
+            (Order.filled_qty > 0) & (Order.execution_type == "ENTRY") & (Order.created_at >= since)).group_by(
+            Order.strategy_name, Order.exchange, Order.symbol, Order.product, Order.side).tuples():
+        strategy, exch, sym, prd, side, qty = r
+        key = (strategy, exch, sym, prd)
+        rows[key] = rows.get(key, 0) + (qty if side == "BUY" else -qty)
+    return [
+        {"strategy_name": k[0], "exchange": k[1], "symbol": k[2], "product": k[3], "net_qty": v}
+        for k, v in sorted(rows.items()) if v != 0
+    ]

@@ -322,7 +322,8 @@ def test_after_square_off_time_entries_stop_and_mis_positions_are_flattened(make
 def test_a_restart_mid_flatten_keeps_flattening_and_exits_nothing_twice(make_system, paper_factory, tmp_path):
     slow = paper_factory(fill_delay_ms=800)  # time to move the price between the exit's send and its fill
     data_dir = tmp_path / "midflatten"
-    limits = {"max_daily_loss": 1000, **FAST}
+    # Every read while the exit rests is a round; plenty of them, so the job waits here rather than gives up.
+    limits = {"max_daily_loss": 1000, "flatten_max_rounds": 1000, **FAST}
     set_ltp(slow, "NFO", SYM, 100)
     system = make_system(exchange=slow, data_dir=data_dir, risk=limits)
     system.wait_for_status(one_leg(system, alert(alert_id="long")), "EXECUTED")
