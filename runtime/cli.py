@@ -200,8 +200,8 @@ def format_event_line(data: dict) -> str:
             what += f" ({failure_kind(data.get('tag'))})"  # cancelled, blocked, rejected, expired, failed
         return f"{at} ORDER {data.get('command_id')} {data.get('strategy')} {data.get('symbol')} {what}{tag}{fill}"
     if event == "alert":
-        line = (f"{at} ALERT {data.get('alert_id') or '-'} {data.get('strategy') or ''} {data.get('outcome')} "
-                f"({data.get('http_status')})")
+        line = " ".join(filter(None, (at, "ALERT", data.get("alert_id") or "-", data.get("strategy"),
+                                      str(data.get("outcome")), f"({data.get('http_status')})")))
         refused = isinstance(data.get("http_status"), int) and data["http_status"] >= 400
         error = _alert_error(data) if refused else ""
         return f"{line}: {error}" if error else line
