@@ -56,7 +56,7 @@ def _read_pid(fd: int) -> int | None:
 def acquire(path: str | os.PathLike, what: str = "oms") -> Lock:
     """Lock `path` (created if missing, its directory too) without waiting; raise InstanceLocked naming the
     holder's PID if another process holds it, OSError if the file cannot be created."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # the refusal names a full path, whatever the working directory
     path.parent.mkdir(parents=True, exist_ok=True)
     # O_CLOEXEC: a child process must not inherit (and so keep) the lock.
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
