@@ -29,6 +29,23 @@ from runtime.ticker import Ticker
 ROUTINE = frozenset({"alert", "placed", "filled", "partial"})
 
 
+BLOCKER_TAGS = frozenset({"VALIDATION_FAILED", "RISK_BLOCKED", "GUARD_BLOCKED", "DUPLICATE_BLOCKED"})
+
+
+def failure_kind(tag: str | None) -> str:
+    """What a FAILED tag means to a person: cancelled, blocked, rejected, expired or failed."""
+    head = (tag or "").split(":")[0]
+    if head in ("BROKER_CANCELED", "BROKER_CANCELLED"):
+        return "cancelled"
+    if head in BLOCKER_TAGS:
+        return "blocked"
+    if head == "BROKER_REJECTED":
+        return "rejected"
+    if head == "BROKER_EXPIRED":
+        return "expired"
+    return "failed"
+
+
 def describe_change(change: OrderChanged) -> Notify | None:
     """The notification for an order change, or None if it is not worth one."""
     o = change.order
@@ -41,8 +58,12 @@ def describe_change(change: OrderChanged) -> Notify | None:
                       text=f"Partially filled {what}: {o.filled_qty}/{o.quantity} @ {o.avg_price or 0:.2f}")
     if change.to_status == "FAILED" and change.from_status != "FAILED":
         tag = change.tag or ""
-        kind = "blocked" if tag.split(":")[0] in ("VALIDATION_FAILED", "RISK_BLOCKED", "GUARD_BLOCKED",
-                                                  "DUPLICATE_BLOCKED") else "rejected"
+        kind = failure_kind(tag)
+        if kind == "cancelled":  # a cancel (ours, the operator's at the broker, a flatten) is not a rejection
+            filled = f", {o.filled_qty}/{o.quantity} filled before" if o.filled_qty else ""
+            return Notify(kind="cancelled", command_id=o.command_id, text=f"Cancelled {what}{filled}: {tag}")
+        if kind != "blocked":
+            kind = "rejected"
         label = "Blocked" if kind == "blocked" else "Failed"
         return Notify(kind=kind, command_id=o.command_id, text=f"{label} {what}: {tag}")
     if o.broker_order_id and not change.prev_broker_order_id and change.to_status in ("SENT_TO_BROKER", "PARTIAL"):

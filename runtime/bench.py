@@ -161,6 +161,7 @@ walk_volatility = 0.0
 [risk]
 max_entries_per_second = {HUGE}
 max_entries_per_minute = {HUGE}
+enforce_trading_hours = false   # live mode would enforce them; the bench runs at any hour
 """, encoding="utf-8")
 
 

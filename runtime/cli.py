@@ -1,18 +1,26 @@
-"""The `oms` command. Exit codes: 0 ok, 1 `verify` found a problem, 2 usage or configuration error."""
+"""The `oms` command. Exit codes: 0 ok, 1 a check found a problem, 2 usage or configuration error or a refused
+start (a second instance, live mode with the sample secret)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from runtime.config import Config, ConfigError, load_config
+from runtime.config import Config, ConfigError, check_startable, load_config
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
+# `oms run` holds this lock in its data_dir for its whole life (runtime/instance_lock.py).
+RUN_LOCK = "oms.lock"
+
+
+class RefusedStart(Exception):
+    """A start that must not happen (another instance holds the lock): one line, exit 2."""
 
 
 def _out(text: str = "", file=None, flush: bool = False) -> None:
@@ -50,25 +58,65 @@ def _wait_for_signal() -> None:
         pass
 
 
+def _lock(path: Path, what: str):
+    from runtime import instance_lock
+
+    try:
+        return instance_lock.acquire(path, what)
+    except instance_lock.InstanceLocked as exc:
+        raise RefusedStart(str(exc)) from None
+    except OSError as exc:
+        raise RefusedStart(f"cannot create the lock file {path}: {exc.strerror}") from None
+
+
+def run_lock_path(config: Config) -> Path:
+    """The lock `oms run` holds on its data_dir (`oms doctor` asks `instance_lock.is_held` of it)."""
+    return Path(config.service.data_dir) / RUN_LOCK
+
+
+def paper_lock_path(config: Config, embedded: bool) -> Path:
+    """`<state_file>.lock` of the paper exchange: default state "<data_dir>/paper_state.json" embedded in
+    `oms run`, "./paper_state.json" for `oms paper`."""
+    state_file = getattr(config.paper, "state_file", None)
+    if state_file is None and not embedded:
+        # `[paper] state_file` arrives with the exchange's persisted state (another branch); until then two
+        # `oms paper` started in the same directory are the same exchange.
+        return Path("paper.lock")
+    if not state_file:
+        state_file = str(Path(config.service.data_dir) / "paper_state.json") if embedded else "paper_state.json"
+    return Path(f"{state_file}.lock")
+
+
 def cmd_run(args) -> int:
     from loguru import logger
 
     from runtime.system import System
 
     config = _config(args)
-    logger.remove()
-    system = System(config, listen_port=args.port)
+    check_startable(config)
+    locks = [_lock(run_lock_path(config), "oms run")]
     try:
-        system.start()
-    except Exception as exc:  # noqa: BLE001 - a start-up failure must be one readable line, exit 2
-        logger.error("start-up failed: {}", exc)
-        system.stop()
-        return EXIT_USAGE
-    try:
-        _wait_for_signal()
+        b = config.broker
+        if b.mode == "paper" and not (b.rest_url and b.ws_url):  # the embedded exchange: its state is ours alone
+            locks.append(_lock(paper_lock_path(config, embedded=True), "a paper exchange"))
+        logger.remove()
+        system = System(config, listen_port=args.port)
+        try:
+            system.start()
+        except Exception as exc:  # noqa: BLE001 - a start-up failure must be one readable line, exit 2
+            logger.error("start-up failed: {}", exc)
+            system.stop()
+            return EXIT_USAGE
+        logger.info("risk.enforce_trading_hours = {} (broker.mode {}; unset it follows the mode)",
+                    str(config.risk.enforce_trading_hours).lower(), b.mode)
+        try:
+            _wait_for_signal()
+        finally:
+            system.stop()
+        return EXIT_OK
     finally:
-        system.stop()
-    return EXIT_OK
+        for lock in reversed(locks):
+            lock.release()
 
 
 def cmd_paper(args) -> int:
@@ -77,10 +125,14 @@ def cmd_paper(args) -> int:
     from runtime.paper import PaperExchange
 
     config = load_config(args.config) if args.config else load_config()
-    logger.remove()
-    logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss.SSS} {level: <7} {message}")
-    exchange = PaperExchange(config.paper, host=args.host, port=args.port, seed=args.seed)
-    exchange.serve_forever()
+    lock = _lock(paper_lock_path(config, embedded=False), "oms paper")
+    try:
+        logger.remove()
+        logger.add(sys.stderr, level="INFO", format="{time:HH:mm:ss.SSS} {level: <7} {message}")
+        exchange = PaperExchange(config.paper, host=args.host, port=args.port, seed=args.seed)
+        exchange.serve_forever()
+    finally:
+        lock.release()
     return EXIT_OK
 
 
@@ -123,7 +175,19 @@ def cmd_verify(args) -> int:
     return EXIT_OK
 
 
+def _alert_error(data: dict) -> str:
+    """The reason of a refused alert: its `error` field, or the text StoreActor put in parentheses after the
+    outcome ("alert <id> <outcome> (<error>)")."""
+    if data.get("error"):
+        return str(data["error"])
+    message = str(data.get("message", ""))
+    head = f"alert {data.get('alert_id') or '-'} {data.get('outcome')} ("
+    return message[len(head):-1] if message.startswith(head) and message.endswith(")") else ""
+
+
 def format_event_line(data: dict) -> str:
+    from actors.notifier import failure_kind
+
     at = str(data.get("at", ""))[11:23]
     event = data.get("event", "")
     if event == "order":
@@ -132,10 +196,15 @@ def format_event_line(data: dict) -> str:
         moved = data.get("from_status") != data.get("to_status")
         what = (f"{data.get('from_status') or '-'} -> {data.get('to_status')}" if moved
                 else f"{data.get('to_status')} broker_id={data.get('broker_order_id')}")
+        if moved and data.get("to_status") == "FAILED":
+            what += f" ({failure_kind(data.get('tag'))})"  # cancelled, blocked, rejected, expired, failed
         return f"{at} ORDER {data.get('command_id')} {data.get('strategy')} {data.get('symbol')} {what}{tag}{fill}"
     if event == "alert":
-        return (f"{at} ALERT {data.get('alert_id') or '-'} {data.get('strategy') or ''} {data.get('outcome')} "
-                f"({data.get('http_status')})")
+        line = " ".join(filter(None, (at, "ALERT", data.get("alert_id") or "-", data.get("strategy"),
+                                      str(data.get("outcome")), f"({data.get('http_status')})")))
+        refused = isinstance(data.get("http_status"), int) and data["http_status"] >= 400
+        error = _alert_error(data) if refused else ""
+        return f"{line}: {error}" if error else line
     return f"{at} {event.upper() or data.get('level', '')} {data.get('message', '')}"
 
 
@@ -147,46 +216,76 @@ def _matches(data: dict, args) -> bool:
     return True
 
 
+def _render(raw: str, args) -> str | None:
+    """The line to print for one events.jsonl line, or None if it is filtered out (or not JSON)."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return format_event_line(data) if isinstance(data, dict) and _matches(data, args) else None
+
+
 def cmd_tail(args) -> int:
+    """History (all of it, or the last -n lines that pass the filters), then with --follow what comes next.
+    --follow alone starts at the end, like tail -f."""
+    from collections import deque
+
     config = _config(args)
+    if args.lines is not None and args.lines < 0:
+        raise ConfigError("--lines must be 0 or more")
     path = Path(config.service.data_dir) / "logs" / "events.jsonl"
     if not path.exists() and not args.follow:
         raise ConfigError(f"{path}: no event log yet")
-    lines = 0
-
-    def emit(raw: str) -> None:
-        nonlocal lines
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError:
-            return
-        if _matches(data, args):
-            _out(format_event_line(data), flush=True)
-            lines += 1
-
-    while not path.exists():
-        time.sleep(0.2)
-    with path.open(encoding="utf-8") as fh:
-        history = fh.readlines()
-        for raw in history[-args.lines:] if args.lines else history:
-            emit(raw)
-        if not args.follow:
-            return EXIT_OK
-        stop = threading.Event()
+    stop = threading.Event()
+    if args.follow:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        inode = path.stat().st_ino
+    while not path.exists():
+        if stop.wait(0.2):
+            return EXIT_OK
+    fh = path.open(encoding="utf-8")
+    try:
+        inode = os.fstat(fh.fileno()).st_ino
+        partial = ""  # a line still being written: completed by the next read
+        if args.follow and args.lines is None:
+            fh.seek(0, os.SEEK_END)
+        else:
+            # -n counts lines that pass the filters; without -n (and without --follow) all of the history
+            recent = deque(maxlen=args.lines) if args.lines is not None else None
+            while raw := fh.readline():
+                if not raw.endswith("\n"):
+                    partial = raw
+                    break
+                line = _render(raw, args)
+                if line is None:
+                    continue
+                if recent is None:
+                    _out(line)
+                else:
+                    recent.append(line)
+            for line in recent or ():
+                _out(line)
+            sys.stdout.flush()
+        if not args.follow:
+            return EXIT_OK
         while not stop.is_set():
             raw = fh.readline()
             if raw:
-                emit(raw)
+                partial += raw
+                if partial.endswith("\n"):
+                    line, partial = _render(partial, args), ""
+                    if line is not None:
+                        _out(line, flush=True)
                 continue
             if path.exists() and path.stat().st_ino != inode:  # rotated: follow the new file
                 fh.close()
                 fh = path.open(encoding="utf-8")
-                inode = path.stat().st_ino
+                inode = os.fstat(fh.fileno()).st_ino
+                partial = ""
                 continue
             stop.wait(0.2)
+    finally:
+        fh.close()
     return EXIT_OK
 
 
@@ -221,8 +320,11 @@ def _service_call(config: Config, method: str, path: str, body: dict | None = No
     import requests
 
     url = _service_url(config) + path
+    # An `[operator] token` (when the config has one) authenticates the operator surface.
+    token = getattr(getattr(config, "operator", None), "token", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        reply = requests.request(method, url, json=body, timeout=20)
+        reply = requests.request(method, url, json=body, timeout=20, headers=headers)
     except requests.RequestException as exc:
         raise ServiceError(f"cannot reach the service at {url} ({type(exc).__name__}); is `oms run` running "
                            f"with this config?") from None
@@ -332,22 +434,75 @@ def cmd_exit(args) -> int:
         return EXIT_OK
     if args.qty:
         body["qty"] = args.qty
+    if args.wait < 0:
+        raise ConfigError("--wait must be 0 or more seconds")
     try:
         reply = _service_call(config, "POST", "/positions/exit", body)
     except ServiceError as exc:
         _out(f"oms: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
-    if args.json:
-        _out(json.dumps(reply, indent=2))
-    else:
-        for order in reply.get("orders", []):
+    orders = reply.get("orders", [])
+    if not args.json:
+        for order in orders:
             _out(f"EXIT {order['tradingsymbol']}: {order['command_id']} {order['status']} {order['tag'] or ''}")
-    return EXIT_OK
+    if not args.wait:
+        if args.json:
+            _out(json.dumps(reply, indent=2))
+        return EXIT_OK
+    final = _wait_terminal(config, [o["command_id"] for o in orders], args.wait)
+    if args.json:
+        _out(json.dumps(dict(reply, outcomes=list(final.values())), indent=2, default=str))
+    else:
+        for cid, row in final.items():
+            _out(describe_outcome(row, args.wait))
+    # 1: an exit did not fill (failed, or still working at the broker): the position may still be there.
+    return EXIT_OK if all(r.get("status") == "EXECUTED" for r in final.values()) else EXIT_PROBLEM
+
+
+def _wait_terminal(config: Config, command_ids: list[str], wait_s: float) -> dict[str, dict]:
+    """Poll GET /orders/{id} until every order is EXECUTED or FAILED, or wait_s has passed; the last rows."""
+    last: dict[str, dict] = {cid: {"command_id": cid, "status": "UNKNOWN"} for cid in command_ids}
+    deadline = time.monotonic() + wait_s
+    pending = list(command_ids)
+    while pending:
+        for cid in list(pending):
+            try:
+                row = _service_call(config, "GET", f"/orders/{cid}")
+            except ServiceError:
+                continue  # a blip of the listener: ask again until the deadline
+            last[cid] = row
+            if row.get("status") in ("EXECUTED", "FAILED"):
+                pending.remove(cid)
+        if not pending or time.monotonic() >= deadline:
+            break
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+    return last
+
+
+def describe_outcome(row: dict, wait_s: float) -> str:
+    """One line: how an exit order ended (or that it had not ended within the wait)."""
+    from actors.notifier import failure_kind
+
+    what = f"{row.get('command_id')} {row.get('side') or ''} {row.get('quantity') or ''} {row.get('symbol') or ''}"
+    what = " ".join(what.split())
+    status = row.get("status")
+    if status == "EXECUTED":
+        return f"filled     {what} @ {row.get('avg_price') or 0:.2f}"
+    if status == "FAILED":
+        part = f", {row['filled_qty']} filled" if row.get("filled_qty") else ""
+        return f"{failure_kind(row.get('tag')):<10} {what}{part}: {row.get('tag') or ''}"
+    part = f", {row['filled_qty']}/{row.get('quantity')} filled" if row.get("filled_qty") else ""
+    return (f"open       {what}: still {status}{part} after {wait_s:g}s "
+            f"(see `oms orders`; `oms cancel` to cancel it)")
 
 
 def cmd_cancel(args) -> int:
     """Cancel our open orders at the broker (POST /orders/cancel)."""
     config = _config(args)
+    if not (args.all or args.strategy or args.symbol):
+        _out("usage: oms cancel --all | --strategy NAME | --symbol TSYM  (--all is needed to cancel every open "
+             "order)", file=sys.stderr)
+        return EXIT_USAGE
     body = {"secret_key": config.webhook.secret_key}
     for key in ("strategy", "symbol"):
         if getattr(args, key):
@@ -362,6 +517,61 @@ def cmd_cancel(args) -> int:
     return EXIT_OK
 
 
+def cmd_backup(args) -> int:
+    """A consistent copy of the database with SQLite's online backup API: safe while `oms run` writes."""
+    import sqlite3
+    from datetime import datetime, timezone
+
+    from storage import queries
+    from storage.db import close_database, open_database
+
+    config = _config(args)
+    source = Path(config.service.data_dir) / "orders.db"
+    if not source.exists():
+        raise ConfigError(f"{source}: no database yet (has `oms run` been started with this data_dir?)")
+    target = Path(args.path)
+    if target.is_dir():
+        target = target / f"orders-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.db"
+    if target.exists() or Path(f"{target}-wal").exists():
+        raise ConfigError(f"{target}: already exists; give a new file name (a backup never overwrites)")
+    if not target.parent.is_dir():
+        raise ConfigError(f"{target.parent}: no such directory")
+    if target.resolve() == source.resolve():
+        raise ConfigError(f"{target}: that is the live database")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    src = sqlite3.connect(source, timeout=30)
+    try:
+        dst = sqlite3.connect(partial)
+        try:
+            # pages=-1: the whole database in one step, inside one read transaction: a snapshot of one moment,
+            # while the service goes on writing (WAL).
+            src.backup(dst, pages=-1)
+            check = dst.execute("PRAGMA quick_check").fetchone()[0]
+            dst.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        finally:
+            dst.close()
+    except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
+        _out(f"oms: backup failed: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    finally:
+        src.close()
+    if check != "ok":
+        partial.unlink(missing_ok=True)
+        _out(f"oms: the copy failed its integrity check ({check}); nothing written", file=sys.stderr)
+        return EXIT_PROBLEM
+    partial.rename(target)
+    db = open_database(target)
+    try:
+        counts = queries.counts_by_status()
+    finally:
+        close_database(db)
+    _out(f"backed up {source} to {target}: {sum(counts.values())} order(s), "
+         f"{target.stat().st_size / 1e6:.1f} MB")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="oms", description="shoonya-oms: order-management service for Shoonya (NorenOMS)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -370,22 +580,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=default, help="path to config.toml (default ./config.toml)")
         return p
 
-    run = with_config(sub.add_parser("run", help="run the service"))
+    run = with_config(sub.add_parser("run", help="run the service (one instance per data_dir)"))
     run.add_argument("--port", type=int, default=None, help="listener port (overrides service.port)")
     run.set_defaults(func=cmd_run)
 
-    paper = with_config(sub.add_parser("paper", help="run the paper exchange alone"))
-    paper.add_argument("--host", default=None)
-    paper.add_argument("--port", type=int, default=None)
-    paper.add_argument("--seed", type=int, default=None)
+    paper = with_config(sub.add_parser("paper", help="run the paper exchange alone (one instance per state)"))
+    paper.add_argument("--host", default=None, help="address to listen on (default paper.host)")
+    paper.add_argument("--port", type=int, default=None, help="port to listen on (default paper.port)")
+    paper.add_argument("--seed", type=int, default=None, help="random-walk seed (default paper.seed)")
     paper.set_defaults(func=cmd_paper)
 
     orders = with_config(sub.add_parser("orders", help="print the order book"))
-    orders.add_argument("--status")
-    orders.add_argument("--strategy")
-    orders.add_argument("--symbol")
-    orders.add_argument("--limit", type=int, default=100)
-    orders.add_argument("--json", action="store_true")
+    orders.add_argument("--status", help="only orders in this status (CREATED, SENT_TO_BROKER, PARTIAL, ...)")
+    orders.add_argument("--strategy", help="only this strategy's orders")
+    orders.add_argument("--symbol", help="only this trading symbol")
+    orders.add_argument("--limit", type=int, default=100, help="at most this many, newest first (default 100)")
+    orders.add_argument("--json", action="store_true", help="print JSON instead of a table")
     orders.set_defaults(func=cmd_orders)
 
     verify = with_config(sub.add_parser("verify", help="counts by status; exit 1 if an order is stuck"))
@@ -393,10 +603,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_verify)
 
     tail = with_config(sub.add_parser("tail", help="print alert and order events readably"))
-    tail.add_argument("--follow", "-f", action="store_true")
-    tail.add_argument("--command-id")
-    tail.add_argument("--strategy")
-    tail.add_argument("--lines", "-n", type=int, default=0, help="only the last N lines of history")
+    tail.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing new events; starts at the end unless -n is given")
+    tail.add_argument("--command-id", help="only this order's events")
+    tail.add_argument("--strategy", help="only this strategy's alerts and orders")
+    tail.add_argument("--lines", "-n", type=int, default=None,
+                      help="only the last N lines that pass the filters (default: all; with --follow: none)")
     tail.set_defaults(func=cmd_tail)
 
     bench = sub.add_parser("bench", help="latency and throughput benchmark (paper exchange + service, loopback)")
@@ -416,10 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     risk = with_config(sub.add_parser("risk", help="the running service's risk state: status, halt, reduce, resume, "
                                                    "stop-flatten"))
-    risk.add_argument("action", choices=("status", "halt", "reduce", "resume", "stop-flatten"))
+    risk.add_argument("action", choices=("status", "halt", "reduce", "resume", "stop-flatten"),
+                      help="status: show; halt: block entries; reduce: exits only; resume: allow entries again; "
+                           "stop-flatten: end every running flatten")
     risk.add_argument("--flatten", action="store_true",
                       help="with halt: also cancel our open orders and exit every non-CNC position")
-    risk.add_argument("--json", action="store_true")
+    risk.add_argument("--json", action="store_true", help="print the risk state as JSON")
     risk.set_defaults(func=cmd_risk)
 
     exit_ = with_config(sub.add_parser("exit", help="exit strategy positions through the pipeline"))
@@ -431,13 +645,21 @@ def build_parser() -> argparse.ArgumentParser:
     exit_.add_argument("--flatten", action="store_true",
                        help="risk flatten instead: cancel open orders, exit non-CNC positions until the broker is "
                             "flat (with --all entries then stay blocked: REDUCING)")
-    exit_.add_argument("--json", action="store_true")
+    exit_.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                       help="wait this long for the exits to end and print how they ended (default 30; 0: "
+                            "do not wait); exit 1 if one did not fill")
+    exit_.add_argument("--json", action="store_true", help="print the answer (and the outcomes) as JSON")
     exit_.set_defaults(func=cmd_exit)
 
     cancel = with_config(sub.add_parser("cancel", help="cancel our open orders at the broker"))
-    cancel.add_argument("--strategy")
-    cancel.add_argument("--symbol")
+    cancel.add_argument("--all", action="store_true", help="every open order of ours")
+    cancel.add_argument("--strategy", help="only this strategy's open orders")
+    cancel.add_argument("--symbol", help="only open orders in this trading symbol")
     cancel.set_defaults(func=cmd_cancel)
+
+    backup = with_config(sub.add_parser("backup", help="a consistent copy of the database, safe while running"))
+    backup.add_argument("path", help="the new file (or an existing directory: orders-<UTC time>.db in it)")
+    backup.set_defaults(func=cmd_backup)
     return parser
 
 
@@ -447,6 +669,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as exc:
         _out(f"oms: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RefusedStart as exc:
+        _out(f"oms: refused to start: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(Exception):
@@ -150,7 +150,8 @@ class RiskConfig(_Section):
     max_open_positions: int = Field(0, ge=0)  # distinct positions incl. entries in flight
     max_entries_per_second: float = Field(10.0, ge=0)
     max_entries_per_minute: float = Field(200.0, ge=0)
-    # Unset: on with the live broker (mode "shoonya", non-loopback rest_url), off with the paper exchange.
+    # Unset: decided by broker.mode alone when the whole Config is read (on for "shoonya", off for "paper"),
+    # never by the URL: a live set-up pointed at a rehearsal exchange must behave as it will live.
     enforce_trading_hours: bool | None = None
     # Exchange -> "HH:MM" IST: no entries on that exchange from then on, and its MIS positions are flattened.
     square_off_time: dict[str, str] = {}
@@ -184,6 +185,19 @@ class Config(_Section):
     telegram: TelegramConfig = TelegramConfig()
     risk: RiskConfig = RiskConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _trading_hours_by_mode(cls, data):
+        # risk.enforce_trading_hours left unset takes its value from broker.mode, so every reader of a Config
+        # (risk engine, start-up log) sees the one effective value.
+        if not isinstance(data, dict):
+            return data
+        risk, broker = data.get("risk", {}), data.get("broker", {})
+        if not isinstance(risk, dict) or risk.get("enforce_trading_hours") is not None:
+            return data
+        mode = broker.get("mode", "paper") if isinstance(broker, dict) else "paper"
+        return {**data, "risk": {**risk, "enforce_trading_hours": mode == "shoonya"}}
+
     @property
     def data_path(self) -> Path:
         return Path(self.service.data_dir)
@@ -198,6 +212,23 @@ SECRET_ENV = {
     "OMS_BROKER_AUTH_CODE": ("broker", "auth_code"),
     "OMS_TELEGRAM_TOKEN": ("telegram", "token"),
 }
+
+
+# The sample secret shipped in config.toml: anyone who read the README knows it.
+SAMPLE_SECRETS = frozenset({"change-me"})
+
+
+def check_startable(config: Config) -> None:
+    """Refuse a start that would be unsafe with real money (ConfigError, one line, exit 2).
+
+    Live mode (broker.mode "shoonya") needs a webhook secret of its own: with none, or the sample one, anyone
+    who can reach the listener could place orders.
+    """
+    secret = config.webhook.secret_key.strip()
+    if config.broker.mode == "shoonya" and (not secret or secret in SAMPLE_SECRETS):
+        what = "no webhook secret" if not secret else "the sample webhook secret of config.toml"
+        raise ConfigError(f"broker.mode = \"shoonya\" (live) with {what}: set webhook.secret_key "
+                          f"(or OMS_WEBHOOK_SECRET) to a long random value of your own")
 
 
 def _describe_error(source: str, err: dict) -> str:

@@ -1,7 +1,7 @@
 """Shared fixtures: a real paper exchange on loopback and the whole service started in-process against it.
 
 `make_system(exchange=None, data_dir=None, clock=None, **sections)` builds a Config from nested dicts (section -> keys), points the broker at the
-test's paper exchange and a fresh data_dir under tmp_path, starts a System (with `clock`, a UTC-aware datetime factory for the risk engine, when given), and stops it at
+test's paper exchange (mode "shoonya", `risk.enforce_trading_hours = false` unless given) and a fresh data_dir under tmp_path, starts a System (with `clock`, a UTC-aware datetime factory for the risk engine, when given), and stops it at
 teardown.
 """
 
@@ -70,6 +70,8 @@ def make_system(tmp_path, paper):
             "broker": {"mode": "shoonya", "rest_url": exchange.rest_url, "ws_url": exchange.ws_url,
                        "user_id": "TEST1", "poll_interval_s": 0.3, "request_timeout_s": 2},
             "telegram": {},
+            # Live mode would enforce trading hours; tests run at any hour against the paper exchange.
+            "risk": {"enforce_trading_hours": False},
         }
         for section, values in sections.items():
             raw.setdefault(section, {}).update(values)

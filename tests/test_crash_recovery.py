@@ -53,8 +53,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 
 
 def oms(*args: str, log: Path) -> subprocess.Popen:
+    # cwd: `oms paper` keeps its lock (and state) beside it, never in the source tree
     return subprocess.Popen([sys.executable, "-m", "runtime.cli", *args], stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=log.parent)
 
 
 def write_config(path: Path, data_dir: Path, port: int, paper_port: int) -> None:
@@ -79,6 +80,8 @@ orders_per_second = 1000
 orders_per_minute = 100000
 [paper]
 fill_delay_ms = 5
+[risk]
+enforce_trading_hours = false   # live mode would enforce them; this test runs at any hour
 """)
 
 

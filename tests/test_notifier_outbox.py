@@ -106,13 +106,24 @@ def test_partial_without_new_fills_is_silent():
 @pytest.mark.parametrize("tag,kind", [
     ("VALIDATION_FAILED:QTY_NOT_POSITIVE", "blocked"), ("RISK_BLOCKED:DAILY_LOSS_HIT", "blocked"),
     ("GUARD_BLOCKED:NO_POSITION", "blocked"), ("DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS", "blocked"),
-    ("BROKER_REJECTED:Insufficient margin", "rejected"), ("BROKER_CANCELED", "rejected"),
+    ("BROKER_REJECTED:Insufficient margin", "rejected"), ("BROKER_CANCELED", "cancelled"),
+    ("BROKER_CANCELED:Canceled by user", "cancelled"), ("BROKER_EXPIRED", "rejected"),
     ("LOST_IN_FLIGHT", "rejected"),
 ])
 def test_failed_notifications_carry_the_tag(tag, kind):
     n = describe_change(OrderChanged(order=snap("FAILED", tag=tag), from_status="CREATED", to_status="FAILED",
                                      tag=tag))
     assert n.kind == kind and tag in n.text
+
+
+def test_a_cancel_is_told_as_cancelled_not_as_a_failure():
+    tag = "BROKER_CANCELED"
+    n = describe_change(OrderChanged(order=snap("FAILED", tag=tag), from_status="SENT_TO_BROKER",
+                                     to_status="FAILED", tag=tag))
+    assert n.kind == "cancelled" and n.text.startswith("Cancelled ") and "Failed" not in n.text
+    part = describe_change(OrderChanged(order=snap("FAILED", 20, 100.0, tag=tag), from_status="PARTIAL",
+                                        to_status="FAILED", tag=tag, prev_filled_qty=20))
+    assert part.kind == "cancelled" and "20/65 filled before" in part.text
 
 
 def test_failed_at_registration_is_notified():

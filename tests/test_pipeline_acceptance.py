@@ -652,7 +652,7 @@ def test_broker_cancel_spellings_end_failed_broker_canceled(make_system, paper, 
     assert order["status"] == "FAILED" and order["tag"].startswith("BROKER_CANCELED"), order
     assert order["filled_qty"] == 0
     assert statuses(order) == ["CREATED", "SENT_TO_BROKER", "FAILED"]
-    wait_note(system, cid, "rejected")
+    wait_note(system, cid, "cancelled")
 
 
 def test_fills_after_a_cancel_report_win_broker_truth(make_system, paper):
