@@ -13,7 +13,10 @@ Orders whose PlaceOrder outcome is unknown are looked up by their command_id in 
 after a grace period and several look-ups they become FAILED LOST_IN_FLIGHT (and are still adopted if they
 show up later). Only book rows that would change something in the database are forwarded to the store: the
 comparison uses the store's own rule (`plan_broker_update`), so the outcome is the same as forwarding every
-row. `PollFilter`, `LostTracker`, `Silence` and `BookReconciler` are the plain parts.
+row. An accepted order the broker says it does not know (`Order not found` to a cancel, SingleOrdHist without
+data, or missing from a full book read and then from SingleOrdHist) is a suspect; absent from two successful book
+reads `poll_interval_s` apart and from a final SingleOrdHist, it becomes FAILED BROKER_UNKNOWN_ORDER (failed reads
+prove nothing). `PollFilter`, `LostTracker`, `Silence`, `UnknownOrders` and `BookReconciler` are the plain parts.
 """
 
 from __future__ import annotations
@@ -697,12 +700,19 @@ class WatcherActor(SupervisedActor):
                    if r.status == T.SENT_TO_BROKER and not r.broker_order_id}
         found = {row.remarks for row in book if row.remarks in pending} if pending else set()
         # Orders the broker may no longer know: which of ours with a broker id are in this complete book.
+        # Only our open orders with a broker id are looked for, so the sets stay small with a large book.
+        wanted_ids = {r.broker_order_id for r in open_rows if r.broker_order_id}
+        wanted_ids.update(s.broker_order_id for s in self.unknown.suspects.values())
+        check_unknown = bool(wanted_ids)
         listed_ids: set[str] = set()
         listed_remarks: set[str] = set()
-        check_unknown = bool(self.unknown.suspects) or any(r.broker_order_id for r in open_rows)
         if check_unknown:
-            listed_ids = {row.norenordno for row in book}
-            listed_remarks = {row.remarks for row in book if row.remarks}
+            wanted_remarks = set(self.by_broker_id.values()) | set(self.unknown.suspects)
+            for row in book:
+                if row.norenordno in wanted_ids:
+                    listed_ids.add(row.norenordno)
+                if row.remarks in wanted_remarks:
+                    listed_remarks.add(row.remarks)
         rows = len(book)
         del book
         if rows >= TRIM_AFTER_ROWS and MALLOC_TRIM is not None:
