@@ -44,9 +44,11 @@ from messages.commands import (
     TransitionOrder,
     TransitionResult,
 )
+from messages.commands import BrokerOrderNotFound  # cancel: `Order not found` (BROKER_UNKNOWN_ORDER)
 from messages.noren import PlaceOrderRequest
 from messages.orders import OrderSnapshot
 from runtime.noren.errors import BrokerError, BrokerRejected, NotSent, SessionExpired, UnknownOutcome
+from runtime.noren.errors import says_order_unknown  # cancel: `Order not found` (BROKER_UNKNOWN_ORDER)
 from runtime.noren.rest import NorenRestClient
 from storage.models import Order
 
@@ -375,6 +377,12 @@ class BrokerActor(SupervisedActor):
                 self.logged_in = False
             except BrokerError as exc:  # e.g. already complete: the broker's report settles it
                 logger.warning("cancel of {} refused or failed: {}", row.command_id, exc)
+                if says_order_unknown(exc):
+                    # Filled or cancelled meanwhile, or forgotten by the broker: the watcher checks the books
+                    # before it concludes anything (BROKER_UNKNOWN_ORDER).
+                    self.registry.tell("watcher", BrokerOrderNotFound(
+                        command_id=row.command_id, broker_order_id=row.broker_order_id, route="CancelOrder",
+                        emsg=broker_reason(exc.emsg)))
                 return False
         return False
 

@@ -65,6 +65,11 @@ def describe_change(change: OrderChanged) -> Notify | None:
         if kind != "blocked":
             kind = "rejected"
         label = "Blocked" if kind == "blocked" else "Failed"
+        if tag == "BROKER_UNKNOWN_ORDER":  # the operator must look at the broker's book: say which order
+            filled = f", {o.filled_qty} filled" if o.filled_qty else ""
+            return Notify(kind=kind, command_id=o.command_id,
+                          text=f"{label} {what}: {tag} (broker id {o.broker_order_id}{filled}: the broker no "
+                               f"longer knows this order; check its order book)")
         return Notify(kind=kind, command_id=o.command_id, text=f"{label} {what}: {tag}")
     if o.broker_order_id and not change.prev_broker_order_id and change.to_status in ("SENT_TO_BROKER", "PARTIAL"):
         return Notify(kind="placed", command_id=o.command_id, text=f"Placed {what}: broker id {o.broker_order_id}")

@@ -13,7 +13,10 @@ Orders whose PlaceOrder outcome is unknown are looked up by their command_id in 
 after a grace period and several look-ups they become FAILED LOST_IN_FLIGHT (and are still adopted if they
 show up later). Only book rows that would change something in the database are forwarded to the store: the
 comparison uses the store's own rule (`plan_broker_update`), so the outcome is the same as forwarding every
-row. `PollFilter`, `LostTracker`, `Silence` and `BookReconciler` are the plain parts.
+row. An accepted order the broker says it does not know (`Order not found` to a cancel, SingleOrdHist without
+data, or missing from a full book read and then from SingleOrdHist) is a suspect; absent from two successful book
+reads `poll_interval_s` apart and from a final SingleOrdHist, it becomes FAILED BROKER_UNKNOWN_ORDER (failed reads
+prove nothing). `PollFilter`, `LostTracker`, `Silence`, `UnknownOrders` and `BookReconciler` are the plain parts.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from loguru import logger
 
 from actors.base import SupervisedActor
 
-from messages.commands import BrokerOrderReport, PositionsSnapshot, Tick, TransitionOrder
+from messages.commands import BrokerOrderNotFound, BrokerOrderReport, PositionsSnapshot, Tick, TransitionOrder
 from messages.noren import TERMINAL_STATUSES
-from runtime.noren.errors import BrokerError, SessionExpired
+from runtime.noren.errors import BrokerError, SessionExpired, says_order_unknown
 from runtime.ticker import Ticker
 from storage import transitions as T
 from storage.models import ExternalOrder, Order
@@ -60,6 +63,10 @@ NO_ID_LOOKUP_AFTER_S = 1.0
 # GIL) it stays about 1 % of the time; it is only the safety net behind the pushes and the per-order look-ups
 # of quiet orders. Look-ups for unknown outcomes and the read after a reconnection are never held back.
 NET_READ_SPACING = 100
+# SingleOrdHist look-ups per book read for orders the broker may no longer know (BROKER_UNKNOWN_ORDER): of
+# those missing from the read, and of the suspects due their final check. The others wait for the next read.
+UNKNOWN_LOOKUPS_PER_READ = 5
+UNKNOWN_TAG = "BROKER_UNKNOWN_ORDER"
 # Ids per `IN (...)` when comparing the book with the database (well under SQLite's variable limit).
 COMPARE_CHUNK = 500
 # A parsed book costs ~5 KB a row while it is alive, and glibc keeps the freed heap: after reading a large
@@ -207,6 +214,78 @@ class Silence:
             if command_id in self.due:
                 self.wait[command_id] = min(self.wait[command_id] * 2, self.max_s)
                 self.due[command_id] = now + self.wait[command_id]
+
+
+@dataclass
+class Suspect:
+    """An accepted order (it has a broker id) that the broker answered `Order not found` / `no data` for."""
+
+    broker_order_id: str
+    since: float  # monotonic: when the broker's answer arrived
+    why: str
+    absent_at: list[float] = field(default_factory=list)  # starts of the counted book reads that lacked it
+
+
+@dataclass
+class UnknownOrders:
+    """The orders suspected to be unknown to the broker, and when each one is proved so (BROKER_UNKNOWN_ORDER).
+
+    A suspicion comes from the broker's own answer (`Order not found` to a cancel or modify, SingleOrdHist with no
+    data). It is confirmed only by successful reads that lack the order: `reads_needed` full OrderBook reads that
+    began after the suspicion and at least `spacing_s` apart, then a SingleOrdHist that still finds nothing. A
+    failed read counts for nothing either way. Every suspicion ends: seen again in any read -> dropped; no
+    longer open in our database (a report settled it) -> dropped; confirmed -> the caller fails the order."""
+
+    spacing_s: float
+    reads_needed: int = 2
+    suspects: dict[str, Suspect] = field(default_factory=dict)  # command_id -> Suspect
+
+    def suspect(self, command_id: str, broker_order_id: str, now: float, why: str) -> bool:
+        """Start checking an order; False if it is checked already (its count goes on)."""
+        known = self.suspects.get(command_id)
+        if known is not None and known.broker_order_id == broker_order_id:
+            return False
+        self.suspects[command_id] = Suspect(broker_order_id, now, why)
+        return True
+
+    def keep_only(self, open_ids: dict[str, str]) -> list[str]:
+        """open_ids: our open orders, command_id -> broker id. Drops the others; returns the dropped ids."""
+        gone = [c for c, s in self.suspects.items() if open_ids.get(c) != s.broker_order_id]
+        for command_id in gone:
+            del self.suspects[command_id]
+        return gone
+
+    def found(self, command_id: str) -> bool:
+        """The broker showed the order after all: not unknown."""
+        return self.suspects.pop(command_id, None) is not None
+
+    def wants_read(self, now: float) -> bool:
+        """Is a full book read due for one of them?"""
+        return any(len(s.absent_at) < self.reads_needed and (not s.absent_at or now - s.absent_at[-1] >= self.spacing_s)
+                   for s in self.suspects.values())
+
+    def book_read(self, started: float, broker_ids: set[str], remarks: set[str]) -> list[str]:
+        """A successful full OrderBook read that began at `started` (monotonic) listed these orders. Returns the
+        command_ids found in it (dropped); the others absent from it have the read counted if it qualifies."""
+        found = []
+        for command_id, s in list(self.suspects.items()):
+            if s.broker_order_id in broker_ids or command_id in remarks:
+                del self.suspects[command_id]
+                found.append(command_id)
+            elif started >= s.since and len(s.absent_at) < self.reads_needed and (
+                    not s.absent_at or started - s.absent_at[-1] >= self.spacing_s):
+                s.absent_at.append(started)
+        return found
+
+    def due_history(self) -> list[str]:
+        """The orders absent from enough book reads: their final check (SingleOrdHist) is due."""
+        return [c for c, s in self.suspects.items() if len(s.absent_at) >= self.reads_needed]
+
+    def history(self, command_id: str, listed: bool) -> bool:
+        """The final SingleOrdHist answered: listed (the broker knows it: dropped) or `no data` / `not found`.
+        Returns True when the order is confirmed unknown (and forgets it)."""
+        suspect = self.suspects.pop(command_id, None)
+        return suspect is not None and not listed and len(suspect.absent_at) >= self.reads_needed
 
 
 def _chunks(items: list, size: int = COMPARE_CHUNK):
@@ -364,6 +443,7 @@ class WatcherActor(SupervisedActor):
         self.reader = None
         self.reconciler = BookReconciler()
         self.lost = LostTracker(b.lost_grace_s, b.lost_min_lookups)
+        self.unknown = UnknownOrders(spacing_s=b.poll_interval_s)
         self.reconcile_s = min(RECONCILE_MAX_S, RECONCILE_EVERY_POLLS * b.poll_interval_s)
         quiet = min(self.reconcile_s, QUIET_AFTER_POLLS * b.poll_interval_s)
         self.silence = Silence(quiet_s=quiet, unheard_s=min(quiet, UNHEARD_AFTER_POLLS * b.poll_interval_s),
@@ -414,6 +494,10 @@ class WatcherActor(SupervisedActor):
                     self.silence.heard(command_id, time.monotonic())
             self.registry.tell("store", message)
             return None
+        if isinstance(message, BrokerOrderNotFound):
+            self.suspect_unknown(message.command_id, message.broker_order_id,
+                                 f"{message.route}: {message.emsg or 'order not found'}")
+            return None
         if isinstance(message, Tick):
             if message.name == "poll":
                 self.poll_orders()
@@ -453,7 +537,8 @@ class WatcherActor(SupervisedActor):
             return None
         if message == "status":
             return {"ws": self.ws_state, "last_poll_ok": self.last_poll_ok, "reads": dict(self.reads),
-                    "forwarded": self.forwarded, "filter_size": len(self.reconciler.filter.seen)}
+                    "forwarded": self.forwarded, "filter_size": len(self.reconciler.filter.seen),
+                    "unknown_suspects": sorted(self.unknown.suspects)}
         return None
 
     def _read(self, call):
@@ -470,6 +555,8 @@ class WatcherActor(SupervisedActor):
         """With the WebSocket connected: the reason to read the whole book now, or None."""
         if self.read_wanted:
             return "lookup"
+        if self.unknown.wants_read(now):
+            return "unknown-order"
         wall = time.time()
         if any(r.status == T.SENT_TO_BROKER and not r.broker_order_id
                and wall - _epoch(r.updated_at) >= NO_ID_LOOKUP_AFTER_S for r in open_rows):
@@ -489,6 +576,9 @@ class WatcherActor(SupervisedActor):
         now = time.monotonic()
         self.by_broker_id = {r.broker_order_id: r.command_id for r in open_rows if r.broker_order_id}
         self.silence.track(self.by_broker_id.values(), {r.command_id for r in open_rows}, now)
+        if self.unknown.suspects:
+            self.unknown.keep_only({c: b for b, c in self.by_broker_id.items()})
+            self._confirm_unknown()  # a final check that failed last time: again (at most a few per tick)
         if force:
             reason = reason or "lookup"
         elif self.ws_healthy:
@@ -509,16 +599,87 @@ class WatcherActor(SupervisedActor):
     def _look_up_quiet(self, command_ids: list[str], broker_ids: dict[str, str]) -> None:
         """SingleOrdHist for each quiet order: its newest state goes through the same comparison as a book row."""
         for command_id in command_ids:
-            history = self._read(lambda: self.reader.single_order_history(broker_ids[command_id]))
+            outcome, history = self._history(broker_ids[command_id])
             self.silence.looked_up(time.monotonic(), (command_id,))  # failed or not: not again at once
-            if not history:
+            if outcome == "unknown":
+                self.suspect_unknown(command_id, broker_ids[command_id], "SingleOrdHist: no such order")
+            if outcome != "listed":
                 continue  # the next look-up or the reconcile will see it
-            self.reads["order-history"] = self.reads.get("order-history", 0) + 1
-            forwarded = self.reconciler.select(history[:1], complete=False)
-            self.forwarded += len(forwarded)
-            for report in forwarded:
-                logger.info("order {} was quiet: its {} state came from SingleOrdHist", command_id, report.status)
-                self.registry.tell("store", report)
+            self.unknown.found(command_id)
+            self._forward_history(command_id, history, "was quiet")
+
+    def _history(self, broker_order_id: str) -> tuple[str, list | None]:
+        """SingleOrdHist of one order: ("listed", states) | ("unknown", None) when the broker answered that it has
+        no such order | ("failed", None) when the read failed, which proves nothing."""
+        try:
+            history = self.reader.single_order_history(broker_order_id)
+        except SessionExpired:
+            logger.warning("broker session expired (seen by the watcher); asking for a new login")
+            self.registry.tell("broker", "relogin")
+            return "failed", None
+        except BrokerError as exc:
+            if says_order_unknown(exc):
+                return "unknown", None
+            logger.warning("broker read failed: {}", exc)
+            return "failed", None
+        self.reads["order-history"] = self.reads.get("order-history", 0) + 1
+        return ("listed", history) if history else ("unknown", None)
+
+    def _forward_history(self, command_id: str, history: list, why: str) -> None:
+        """The newest state of a SingleOrdHist goes through the same comparison as a book row."""
+        forwarded = self.reconciler.select(history[:1], complete=False)
+        self.forwarded += len(forwarded)
+        for report in forwarded:
+            logger.info("order {} {}: its {} state came from SingleOrdHist", command_id, why, report.status)
+            self.registry.tell("store", report)
+
+    # ---- orders the broker no longer knows (BROKER_UNKNOWN_ORDER) -----------------------------------
+
+    def suspect_unknown(self, command_id: str, broker_order_id: str, why: str) -> None:
+        """The broker said it has no such order. Only our open orders with this very broker id are checked."""
+        row = Order.get_or_none(Order.command_id == command_id)
+        if row is None or row.status not in (T.SENT_TO_BROKER, T.PARTIAL) or row.broker_order_id != broker_order_id:
+            return  # settled meanwhile (or not ours): nothing to check
+        if self.unknown.suspect(command_id, broker_order_id, time.monotonic(), why):
+            logger.warning("order {} (broker id {}) unknown to the broker? ({}); checking the books", command_id,
+                           broker_order_id, why)
+
+    def _missing_from_book(self, open_rows: list, broker_ids: set[str], remarks: set[str]) -> None:
+        """Open orders with a broker id (known before the read began) that a full book read lacks: ask for each
+        on its own. A broker that answers `no data` starts the checks; one that lists it settles it."""
+        missing = [r for r in open_rows if r.broker_order_id and r.broker_order_id not in broker_ids
+                   and r.command_id not in remarks and r.command_id not in self.unknown.suspects]
+        for r in missing[:UNKNOWN_LOOKUPS_PER_READ]:
+            outcome, history = self._history(r.broker_order_id)
+            if outcome == "unknown":
+                self.suspect_unknown(r.command_id, r.broker_order_id, "absent from the OrderBook, SingleOrdHist: "
+                                     "no such order")
+            elif outcome == "listed":
+                self._forward_history(r.command_id, history, "is missing from the OrderBook")
+
+    def _confirm_unknown(self) -> None:
+        """The final check of the suspects absent from enough book reads: SingleOrdHist. Still no such order ->
+        FAILED BROKER_UNKNOWN_ORDER (fills kept); listed -> dropped; the read failed -> again next tick."""
+        for command_id in self.unknown.due_history()[:UNKNOWN_LOOKUPS_PER_READ]:
+            suspect = self.unknown.suspects[command_id]
+            outcome, history = self._history(suspect.broker_order_id)
+            if outcome == "failed":
+                continue
+            if outcome == "listed":
+                self.unknown.found(command_id)
+                logger.info("order {} is known to the broker after all (SingleOrdHist)", command_id)
+                self._forward_history(command_id, history, "was suspected unknown")
+                continue
+            if not self.unknown.history(command_id, listed=False):
+                continue
+            logger.error("order {} (broker id {}) is unknown to the broker: {}; absent from {} OrderBook reads and "
+                         "from SingleOrdHist: FAILED {}", command_id, suspect.broker_order_id, suspect.why,
+                         len(suspect.absent_at), UNKNOWN_TAG)
+            self.registry.tell("store", TransitionOrder(
+                command_id=command_id, to_status=T.FAILED, expect_from=(T.SENT_TO_BROKER, T.PARTIAL),
+                tag=UNKNOWN_TAG, detail=(f"broker id {suspect.broker_order_id} unknown to the broker ({suspect.why}); "
+                                         f"absent from {len(suspect.absent_at)} OrderBook reads "
+                                         f">= {self.unknown.spacing_s:g}s apart and from SingleOrdHist")[:300]))
 
     def _read_book(self, open_rows: list, started: float, reason: str) -> None:
         book = self._read(self.reader.order_book_rows)
@@ -538,6 +699,20 @@ class WatcherActor(SupervisedActor):
         pending = {r.command_id: _epoch(r.updated_at) for r in open_rows
                    if r.status == T.SENT_TO_BROKER and not r.broker_order_id}
         found = {row.remarks for row in book if row.remarks in pending} if pending else set()
+        # Orders the broker may no longer know: which of ours with a broker id are in this complete book.
+        # Only our open orders with a broker id are looked for, so the sets stay small with a large book.
+        wanted_ids = {r.broker_order_id for r in open_rows if r.broker_order_id}
+        wanted_ids.update(s.broker_order_id for s in self.unknown.suspects.values())
+        check_unknown = bool(wanted_ids)
+        listed_ids: set[str] = set()
+        listed_remarks: set[str] = set()
+        if check_unknown:
+            wanted_remarks = set(self.by_broker_id.values()) | set(self.unknown.suspects)
+            for row in book:
+                if row.norenordno in wanted_ids:
+                    listed_ids.add(row.norenordno)
+                if row.remarks in wanted_remarks:
+                    listed_remarks.add(row.remarks)
         rows = len(book)
         del book
         if rows >= TRIM_AFTER_ROWS and MALLOC_TRIM is not None:
@@ -551,6 +726,11 @@ class WatcherActor(SupervisedActor):
             self.registry.tell("store", TransitionOrder(
                 command_id=command_id, to_status="FAILED", expect_from=(T.SENT_TO_BROKER,), tag="LOST_IN_FLIGHT",
                 detail="PlaceOrder outcome unknown and not in the OrderBook"))
+        if check_unknown:
+            for command_id in self.unknown.book_read(started, listed_ids, listed_remarks):
+                logger.info("order {} is in the OrderBook: known to the broker after all", command_id)
+            self._missing_from_book(open_rows, listed_ids, listed_remarks)
+            self._confirm_unknown()
 
     def poll_positions(self) -> None:
         rows = self._read(self.reader.position_book)

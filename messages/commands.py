@@ -230,3 +230,14 @@ class PositionsSnapshot(_Frozen):
 
     rows: tuple[dict[str, Any], ...]
     ok: bool = True
+
+
+class BrokerOrderNotFound(_Frozen):
+    """-> Watcher: the broker answered that it does not know one of our accepted orders (CancelOrder or
+    ModifyOrder `Order not found`, SingleOrdHist `no data`). Only a suspicion: the watcher confirms it with later
+    reads before the order ends FAILED BROKER_UNKNOWN_ORDER."""
+
+    command_id: str
+    broker_order_id: str
+    route: str  # the call that was answered: CancelOrder | ModifyOrder | SingleOrdHist
+    emsg: str | None = None

@@ -101,6 +101,24 @@ def is_no_data(emsg: str | None) -> bool:
     return bool(emsg) and bool(_NO_DATA.search(emsg))
 
 
+# `Rejected : ORA:Order not found` (ModifyOrder, SingleOrdHist on some deployments) and
+# `Rejected : ORA:Order not found to Cancel` (CancelOrder): the broker has no such order (any more).
+_ORDER_NOT_FOUND = re.compile(r"\border\s+not\s+found\b", re.IGNORECASE)
+
+
+def is_order_not_found(emsg: str | None) -> bool:
+    """The broker's answer that it does not know the order number (not a failure to answer)."""
+    return bool(emsg) and bool(_ORDER_NOT_FOUND.search(emsg))
+
+
+def says_order_unknown(exc: BaseException) -> bool:
+    """True only for a broker answer that the order does not exist: a Not_Ok `Order not found`, or `no data`
+    for a look-up of one order (SingleOrdHist). A failed call (transport, 5xx, Session Expired, any other
+    emsg) proves nothing and is False."""
+    return (isinstance(exc, BrokerRejected) and not isinstance(exc, LoginFailed)
+            and (is_order_not_found(exc.emsg) or is_no_data(exc.emsg)))
+
+
 def error_from_emsg(emsg: str | None, route: str | None = None, *, login: bool = False) -> BrokerError:
     """The error for a `stat: Not_Ok` reply."""
     text = (emsg or "").strip() or "Not_Ok without emsg"

@@ -603,6 +603,17 @@ class Engine:
         self._finish_cancel(order, now, reports)
         return reports
 
+    def forget(self, norenordno: str) -> bool:
+        """Test-only (`POST /paper/forget`): the exchange loses an order, as a broker that no longer knows an
+        accepted order would. It leaves the account's books (OrderBook, SingleOrdHist, cancel, modify) and stops
+        matching; fills it already had stay in the trades and positions. False if there is no such order."""
+        order = self._orders.get(as_text(norenordno))
+        if order is None or self.account(order.uid).orders.pop(order.norenordno, None) is None:
+            return False
+        order.due = None  # its heap entries are stale now (the global index keeps it for `next_due`)
+        self._retire(order)
+        return True
+
     def _live_order(self, uid: str, norenordno: str, emsg: str) -> Order:
         order = self.account(uid).orders.get(norenordno)
         if order is None or order.status in TERMINAL:

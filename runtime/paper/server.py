@@ -524,6 +524,14 @@ class PaperServer:
         if path == "/paper/faults/reset" and method == "POST":
             self.reset_faults()
             return self._json(self.fault_state())
+        if path == "/paper/forget" and method == "POST":  # test-only: the exchange loses an order
+            number = as_text(body.get("norenordno"))
+            if not number:
+                return self._json({"ok": False, "error": "expected {norenordno}"}, 400)
+            if not self.engine.forget(number):
+                return self._json({"ok": False, "error": f"no order {number}"}, 404)
+            logger.info("paper exchange: order {} forgotten (test control)", number)
+            return self._json({"ok": True, "norenordno": number})
         if path == "/paper/ltp" and method == "POST":
             try:
                 return self._json(self.set_ltp(body))
