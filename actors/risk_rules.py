@@ -55,7 +55,6 @@ Flatten jobs
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import math
 import re
@@ -66,7 +65,6 @@ from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
 
 from actors.instruments import lot_size_fallback as instrument_lot_size
-from urllib.parse import urlparse
 
 from messages.orders import OrderSnapshot
 from messages.risk import CancelIntent, ExitIntent, FlattenPlan, Leftover, RiskEvent
@@ -159,25 +157,12 @@ def parse_hhmm(text: str) -> time:
     return time(int(match.group(1)), int(match.group(2)))
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def trading_hours_enforced(override: bool | None, broker_mode: str, rest_url: str) -> bool:
-    """`risk.enforce_trading_hours` if set; otherwise on for the live broker (mode "shoonya" and a
-    non-loopback REST host, an empty rest_url meaning the live default), off for the paper exchange."""
+def trading_hours_enforced(override: bool | None, broker_mode: str) -> bool:
+    """`risk.enforce_trading_hours` if set; otherwise by `broker.mode` alone: on for the live broker ("shoonya",
+    a rehearsal against a local `oms paper` included), off for the embedded paper exchange."""
     if override is not None:
         return override
-    if broker_mode != "shoonya":
-        return False
-    return not _is_loopback(urlparse(rest_url).hostname if rest_url else "api.shoonya.com")
+    return broker_mode == "shoonya"
 
 
 # ---- PnL and the loss limit -----------------------------------------------------------------------
@@ -436,10 +421,10 @@ class Limits:
             max_loss_days=r.max_loss_days, max_lots_per_order=r.max_lots_per_order,
             max_notional_per_order=r.max_notional_per_order, max_open_positions=r.max_open_positions,
             max_entries_per_second=r.max_entries_per_second, max_entries_per_minute=r.max_entries_per_minute,
-            enforce_trading_hours=trading_hours_enforced(r.enforce_trading_hours, b.mode, b.rest_url),
+            enforce_trading_hours=trading_hours_enforced(r.enforce_trading_hours, b.mode),
             square_off=tuple((exch, parse_hhmm(text)) for exch, text in sorted(
                 (r.square_off_time or (DEFAULT_SQUARE_OFF if trading_hours_enforced(
-                    r.enforce_trading_hours, b.mode, b.rest_url) else {})).items())),
+                    r.enforce_trading_hours, b.mode) else {})).items())),
         )
 
     def square_off_time(self, exchange: str) -> time | None:

@@ -264,17 +264,14 @@ def test_windows_are_closed_on_weekends_and_read_utc_correctly():
     assert not R.in_session("NFO", datetime(2026, 3, 4, 3, 44, tzinfo=timezone.utc))
 
 
-@pytest.mark.parametrize("override,mode,url,expected", [
-    (None, "paper", "", False),
-    (None, "shoonya", "", True),
-    (None, "shoonya", "https://api.shoonya.com/NorenWClientTP/", True),
-    (None, "shoonya", "http://127.0.0.1:9090/NorenWClientTP/", False),
-    (None, "shoonya", "http://localhost:9090/NorenWClientTP/", False),
-    (True, "paper", "", True),
-    (False, "shoonya", "", False),
+@pytest.mark.parametrize("override,mode,expected", [
+    (None, "paper", False),
+    (None, "shoonya", True),  # whatever the URL: a rehearsal against a local oms paper enforces them too
+    (True, "paper", True),
+    (False, "shoonya", False),
 ])
-def test_trading_hours_default_on_live_off_on_paper_and_overridable(override, mode, url, expected):
-    assert R.trading_hours_enforced(override, mode, url) is expected
+def test_trading_hours_default_by_mode_alone_and_overridable(override, mode, expected):
+    assert R.trading_hours_enforced(override, mode) is expected
 
 
 def test_outside_the_window_entries_are_blocked_exits_pass():
