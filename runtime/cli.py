@@ -35,11 +35,16 @@ def _config(args) -> Config:
 
 def _open_db(config: Config):
     from storage.db import open_database
+    from storage.migrations import SchemaError
 
     path = Path(config.service.data_dir) / "orders.db"
     if not path.exists():
         raise ConfigError(f"{path}: no database yet (has `oms run` been started with this data_dir?)")
-    return open_database(path, synchronous=config.service.db_synchronous)
+    try:
+        return open_database(path, synchronous=config.service.db_synchronous)
+    except SchemaError as exc:  # e.g. a database of a newer release: one line, exit 2, like a config error
+        _out(f"oms: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def _wait_for_signal() -> None:
