@@ -200,8 +200,8 @@ def test_the_service_runs_on_an_upgraded_version_1_database(make_system, paper, 
                                              order_type="LIMIT", price=1.0))
     assert status == 202, body
     cid = body["orders"][0]["command_id"]
-    order = system.wait_until(lambda: (o := system.order(cid)) and o["broker_order_id"] and o, 10,
-                              "the new order to rest at the broker")
+    order = system.wait_until(lambda: (o := system.order(cid)) and o["broker_status"] == "OPEN" and o, 10,
+                              "the new order to rest OPEN at the broker")
     assert order["status"] == "SENT_TO_BROKER" and order["broker_order_id"]
     assert {o["command_id"] for o in system.orders()} == {cid, "oms-old-done", "oms-old-leg2", "oms-old-fail"}
 
