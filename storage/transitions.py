@@ -164,11 +164,10 @@ def next_broker_status(current: OrderState, reported: str) -> str | None:
     """The broker_status to record for a (normalised) reported status, or None when it tells nothing new.
 
     Within working statuses the latest report wins (an SL order goes TRIGGER_PENDING -> OPEN); a final status
-    is never replaced; an EXECUTED order only ever takes COMPLETE (it was executed on the broker's word).
+    is never replaced. An EXECUTED order takes nothing: it became EXECUTED on a COMPLETE report, recorded in the
+    same write (rows older than this column keep NULL; the watcher's EXECUTED shortcut relies on this).
     """
-    if not reported or reported == current.broker_status:
-        return None
-    if current.status == EXECUTED and reported != "COMPLETE":
+    if not reported or reported == current.broker_status or current.status == EXECUTED:
         return None
     if current.broker_status is not None:
         if current.broker_status in _BROKER_FINAL or _broker_rank(reported) < _broker_rank(current.broker_status):
