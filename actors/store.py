@@ -94,7 +94,8 @@ _ORDER_INSERT_COLUMNS = tuple(c for c in ORDER_COLUMNS if c != "id")
 _ORDER_DEFAULTS = {f.column_name: f.default for f in Order._meta.sorted_fields
                    if f.column_name != "id" and not callable(f.default)}
 # What a status change or a broker report may change; the compare-and-set writes exactly these.
-_ORDER_MUTABLE = ("status", "tag", "broker_order_id", "filled_qty", "avg_price", "updated_at")
+_ORDER_MUTABLE = ("status", "tag", "broker_order_id", "filled_qty", "avg_price", "broker_status", "broker_status_at",
+                  "updated_at")
 _EVENT_COLUMNS = ("command_id", "from_status", "to_status", "tag", "detail", "at")
 _ALERT_COLUMNS = tuple(f.column_name for f in Alert._meta.sorted_fields if f.column_name != "id")
 _EXTERNAL_COLUMNS = tuple(f.column_name for f in ExternalOrder._meta.sorted_fields if f.column_name != "id")
@@ -396,10 +397,10 @@ class OrderStore:
         return True
 
     @staticmethod
-    def _plan(row: dict, view: T.BrokerView) -> T.Plan | None:
-        current = T.OrderState(status=row["status"], filled_qty=row["filled_qty"], avg_price=row["avg_price"],
-                               broker_order_id=row["broker_order_id"], tag=row["tag"])
-        return T.plan_broker_update(current, view)
+    def _state(row: dict) -> T.OrderState:
+        return T.OrderState(status=row["status"], filled_qty=row["filled_qty"], avg_price=row["avg_price"],
+                            broker_order_id=row["broker_order_id"], tag=row["tag"],
+                            broker_status=row["broker_status"])
 
     def apply_broker_report(self, report: BrokerOrderReport) -> tuple[ReportResult, list[OrderChanged]]:
         view = T.BrokerView(status=T.normalise_broker_status(report.status), filled_qty=report.filled_qty,
@@ -409,15 +410,17 @@ class OrderStore:
         # lock. A no-op judged on a committed row is the report applied at that moment; whatever anyone
         # writes later comes after it, and plan_broker_update is idempotent and monotonic.
         row = self.find_for_report(report)
-        if row is not None and self._plan(row, view) is None:
+        if row is not None and not T.report_changes_order(self._state(row), view):
             return ReportResult(matched=True, command_id=row["command_id"]), []
         with self.db.atomic():
             # Read again under the write lock: the plan must be made on the row the UPDATE overwrites.
             row = self.find_for_report(report)
             if row is None:
                 return ReportResult(matched=False, external=self.record_external(report)), []
-            plan = self._plan(row, view)
-            if plan is None:
+            current = self._state(row)
+            plan = T.plan_broker_update(current, view)
+            broker_status = T.next_broker_status(current, view.status)
+            if plan is None and broker_status is None:
                 return ReportResult(matched=True, command_id=row["command_id"]), []
             changes = []
             if row["status"] == T.CREATED:
@@ -429,9 +432,15 @@ class OrderStore:
                     return ReportResult(matched=True, command_id=row["command_id"]), []
                 changes.append(adopted)
             detail = f"broker {view.status} via {report.origin}"
-            change = self._apply(row, plan.to_status, plan.tag, detail, set_tag=plan.to_status is None,
-                                 filled_qty=plan.filled_qty, avg_price=plan.avg_price,
-                                 broker_order_id=plan.broker_order_id)
+            # Every write a broker report makes records the broker's own status with it (a new one, or the one
+            # we had when only fills or ids moved), and when the broker last told us something new.
+            seen = dict(broker_status=broker_status or row["broker_status"], broker_status_at=utc_now())
+            if plan is None:  # only the broker's status is new (e.g. PENDING -> OPEN): no transition
+                change = self._apply(row, None, None, detail, **seen)
+            else:
+                change = self._apply(row, plan.to_status, plan.tag, detail, set_tag=plan.to_status is None,
+                                     filled_qty=plan.filled_qty, avg_price=plan.avg_price,
+                                     broker_order_id=plan.broker_order_id, **seen)
             if change is not None:
                 changes.append(change)
         return ReportResult(matched=True, command_id=row["command_id"], changed=bool(changes)), changes

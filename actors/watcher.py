@@ -304,7 +304,7 @@ def _marks(count: int, width: int = 1) -> str:
 
 # Constant SQL text: at a 100 000-row book, building the same queries with peewee costs more than running them.
 _ORDERS, _EXTERNAL = Order._meta.table_name, ExternalOrder._meta.table_name
-_STATE_COLUMNS = "o.status, o.filled_qty, o.avg_price, o.broker_order_id, o.tag"
+_STATE_COLUMNS = "o.status, o.filled_qty, o.avg_price, o.broker_order_id, o.tag, o.broker_status"
 # Book rows matched by remarks = command_id, minus those already settled: an EXECUTED order with its broker
 # id, its price and at least the row's fills (EXECUTED is terminal: nothing else could still be written; the
 # same shortcut as `report_changes`). Rows that match no command_id come back with a NULL status.
@@ -327,18 +327,18 @@ def by_remarks(rows: list) -> list:
         params = []
         for i, row in enumerate(chunk, start=base):
             params += (i, row.remarks, int(row.fillshares or 0))
-        for i, status, filled, avg, broker_id, tag in _run(_BY_REMARKS_SQL.format(marks=_marks(len(chunk), 3)),
-                                                           params):
-            out[i] = None if status is None else T.OrderState(status, filled, avg, broker_id, tag)
+        for i, status, filled, avg, broker_id, tag, bstatus in _run(
+                _BY_REMARKS_SQL.format(marks=_marks(len(chunk), 3)), params):
+            out[i] = None if status is None else T.OrderState(status, filled, avg, broker_id, tag, bstatus)
     return out
 
 
 def by_broker_id(broker_ids: list[str]) -> dict[str, T.OrderState]:
     out: dict[str, T.OrderState] = {}
     for chunk in _chunks(broker_ids):
-        for bid, status, filled, avg, broker_id, tag in _run(_BY_BROKER_ID_SQL.format(marks=_marks(len(chunk))),
-                                                             chunk):
-            out.setdefault(bid, T.OrderState(status, filled, avg, broker_id, tag))
+        for bid, status, filled, avg, broker_id, tag, bstatus in _run(
+                _BY_BROKER_ID_SQL.format(marks=_marks(len(chunk))), chunk):
+            out.setdefault(bid, T.OrderState(status, filled, avg, broker_id, tag, bstatus))
     return out
 
 
@@ -352,13 +352,13 @@ def external_states(broker_ids: list[str]) -> dict[str, tuple[str, int]]:
 
 
 def report_changes(current: T.OrderState, row) -> bool:
-    """Would the store change `current` for this book row? `plan_broker_update`, with a shortcut for the
+    """Would the store change `current` for this book row (T.report_changes_order), with a shortcut for the
     common case of a reconcile: an EXECUTED order that already has its fills, price and broker id (EXECUTED
     is terminal: only more fills, a first price or a first broker id could still be written)."""
     if (current.status == T.EXECUTED and current.broker_order_id and current.avg_price is not None
             and current.filled_qty >= int(row.fillshares or 0)):
         return False
-    return T.plan_broker_update(current, view_of_row(row)) is not None
+    return T.report_changes_order(current, view_of_row(row))
 
 
 def _row_state(row) -> tuple:

@@ -48,6 +48,8 @@ class OrderSnapshot(OrderFields):
     broker_order_id: str | None
     filled_qty: int
     avg_price: float | None
+    broker_status: str | None = None  # the broker's own status (normalised); None until the broker confirms it
+    broker_status_at: str | None = None
     created_at: str
     updated_at: str
 

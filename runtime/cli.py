@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from runtime.config import Config, ConfigError, check_startable, load_config
@@ -43,11 +44,16 @@ def _config(args) -> Config:
 
 def _open_db(config: Config):
     from storage.db import open_database
+    from storage.migrations import SchemaError
 
     path = Path(config.service.data_dir) / "orders.db"
     if not path.exists():
         raise ConfigError(f"{path}: no database yet (has `oms run` been started with this data_dir?)")
-    return open_database(path, synchronous=config.service.db_synchronous)
+    try:
+        return open_database(path, synchronous=config.service.db_synchronous)
+    except SchemaError as exc:  # e.g. a database of a newer release: one line, exit 2, like a config error
+        _out(f"oms: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def _wait_for_signal() -> None:
@@ -136,22 +142,79 @@ def cmd_paper(args) -> int:
     return EXIT_OK
 
 
+IST = timezone(timedelta(hours=5, minutes=30))
+TABLE_WIDTH = 120
+_STATUS_SHORT = {"SENT_TO_BROKER": "SENT"}
+_BROKER_SHORT = {"TRIGGER_PENDING": "TRIGGER"}
+
+
+def _ist(iso: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(iso).astimezone(IST) if iso else None
+    except ValueError:
+        return None
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:max(width - 1, 0)] + "…"
+
+
+def format_orders(rows: list[dict], width: int = TABLE_WIDTH) -> list[str]:
+    """The order book as lines of at most `width` characters: times in IST (a date line where the date
+    changes), SENT_TO_BROKER shown as SENT, the broker's own status, the tag cut to what is left.
+    Strategy and symbol give up characters only when the tag would get fewer than TAG_MIN."""
+    headers = ("TIME IST", "COMMAND_ID", "STRATEGY", "SYMBOL", "SIDE", "FILLED", "STATUS", "BROKER", "TAG")
+    table = []
+    for r in rows:
+        at = _ist(r.get("created_at"))
+        kind = {"ENTRY": "EN", "EXIT": "EX"}.get(r.get("execution_type") or "", r.get("execution_type") or "")
+        table.append((at, [
+            at.strftime("%H:%M:%S") if at else "", str(r.get("command_id") or ""), str(r.get("strategy_name") or ""),
+            str(r.get("symbol") or ""), f"{kind} {r.get('side') or ''}".strip(),
+            f"{r.get('filled_qty') or 0}/{r.get('quantity') or 0}",
+            _STATUS_SHORT.get(r.get("status"), r.get("status") or ""),
+            _BROKER_SHORT.get(r.get("broker_status"), r.get("broker_status") or "-"), str(r.get("tag") or ""),
+        ]))
+    sep, tag_min = 2, 16
+    widths = [max([len(h)] + [len(cells[i]) for _, cells in table]) for i, h in enumerate(headers)]
+    mins = {2: 8, 3: 14}  # strategy, symbol: what they may shrink to
+    fixed = sum(widths[:-1]) + sep * (len(headers) - 1)
+    for i in (2, 3):
+        if width - fixed < tag_min:
+            cut = min(tag_min - (width - fixed), max(widths[i] - mins[i], 0))
+            widths[i] -= cut
+            fixed -= cut
+    widths[-1] = max(min(widths[-1], width - fixed), 0)
+
+    def line(cells: list[str]) -> str:
+        return (" " * sep).join(_clip(c, w).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    out, day = [line(list(headers))], None
+    for at, cells in table:
+        if at is not None and at.date() != day:
+            day = at.date()
+            out.append(f"-- {day.isoformat()} --")
+        out.append(line(cells))
+    return out
+
+
 def cmd_orders(args) -> int:
     from storage import queries
+    from storage.transitions import STATUSES
 
+    status = args.status.strip().upper() if args.status is not None else None
+    if status is not None and status not in STATUSES:
+        _out(f"oms: error: --status {args.status!r} is not an order status; valid: {', '.join(STATUSES)}",
+             file=sys.stderr)
+        return EXIT_USAGE
     config = _config(args)
     _open_db(config)
-    rows = queries.list_orders(args.status, args.strategy, args.symbol, args.limit)
+    rows = queries.list_orders(status, args.strategy, args.symbol, args.limit)
     if args.json:
         _out(json.dumps(rows, indent=2, default=str))
         return EXIT_OK
-    columns = ("created_at", "command_id", "strategy_name", "execution_type", "symbol", "side", "quantity",
-               "status", "filled_qty", "avg_price", "broker_order_id", "tag")
-    table = [[("" if r.get(c) is None else str(r.get(c)))[:40] for c in columns] for r in rows]
-    widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(columns)]
-    _out("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)))
-    for row in table:
-        _out("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    for text in format_orders(rows):
+        _out(text)
     _out(f"{len(rows)} order(s)")
     return EXIT_OK
 
@@ -166,12 +229,13 @@ def cmd_verify(args) -> int:
     stuck = queries.stuck_orders(threshold)
     _out("orders by status: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     if stuck:
-        _out(f"{len(stuck)} order(s) stuck non-terminal for more than {threshold:g}s:")
+        _out(f"{len(stuck)} order(s) stuck: non-terminal without broker confirmation for more than {threshold:g}s:")
         for o in stuck:
             _out(f"  {o['command_id']}  {o['strategy_name']}  {o['symbol']}  {o['status']}  "
-                  f"broker_id={o['broker_order_id'] or '-'}  updated_at={o['updated_at']}")
+                 f"broker_status={o['broker_status'] or '-'}  broker_id={o['broker_order_id'] or '-'}  "
+                 f"updated_at={o['updated_at']}")
         return EXIT_PROBLEM
-    _out(f"no order stuck for more than {threshold:g}s")
+    _out(f"no order without broker confirmation for more than {threshold:g}s")
     return EXIT_OK
 
 
@@ -591,14 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     paper.set_defaults(func=cmd_paper)
 
     orders = with_config(sub.add_parser("orders", help="print the order book"))
-    orders.add_argument("--status", help="only orders in this status (CREATED, SENT_TO_BROKER, PARTIAL, ...)")
+    orders.add_argument("--status", help="CREATED, SENT_TO_BROKER, PARTIAL, EXECUTED or FAILED")
     orders.add_argument("--strategy", help="only this strategy's orders")
     orders.add_argument("--symbol", help="only this trading symbol")
     orders.add_argument("--limit", type=int, default=100, help="at most this many, newest first (default 100)")
     orders.add_argument("--json", action="store_true", help="print JSON instead of a table")
     orders.set_defaults(func=cmd_orders)
 
-    verify = with_config(sub.add_parser("verify", help="counts by status; exit 1 if an order is stuck"))
+    verify = with_config(sub.add_parser("verify", help="counts by status; exit 1 if an order is stuck (non-terminal, "
+                                                       "no broker confirmation)"))
     verify.add_argument("--stuck-after", type=float, default=None, help="seconds (default service.stuck_after_s)")
     verify.set_defaults(func=cmd_verify)
 

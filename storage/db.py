@@ -6,11 +6,15 @@ from pathlib import Path
 
 from peewee import SqliteDatabase
 
-from storage.models import ALL_MODELS, database_proxy
+from storage import migrations
+from storage.models import database_proxy
 
 
 def open_database(path: str | Path, *, synchronous: str = "FULL") -> SqliteDatabase:
-    """Open (creating if needed) the SQLite database and bind the models to it.
+    """Open (creating if needed) the SQLite database, bring its schema to the newest version, bind the models.
+
+    Raises storage.migrations.SchemaError (DatabaseTooNew for a database of a newer release) with a one-line
+    message when this code cannot use the database.
 
     WAL lets the read API and the watcher read while StoreActor writes. synchronous=FULL makes a commit
     durable before we answer 202 or send to the broker.
@@ -32,7 +36,11 @@ def open_database(path: str | Path, *, synchronous: str = "FULL") -> SqliteDatab
     )
     database_proxy.initialize(db)
     db.connect(reuse_if_open=True)
-    db.create_tables(ALL_MODELS, safe=True)
+    try:
+        migrations.upgrade(db, where=str(path))
+    except Exception:
+        db.close()
+        raise
     return db
 
 

@@ -1,5 +1,8 @@
 """Peewee models. The column names are a contract (shared/DESIGN.md): the read API and operators' scripts use them.
 
+These classes describe the NEWEST schema (a fresh database is created from them). Any change to a table here
+needs a migration in storage/migrations.py that brings an existing database to the same shape.
+
 Only StoreActor writes `orders`, `order_events` and `alerts`; everyone may read.
 """
 
@@ -53,6 +56,10 @@ class Order(BaseModel):
     broker_order_id = CharField(null=True, index=True, max_length=40)
     filled_qty = IntegerField(default=0)
     avg_price = FloatField(null=True)
+    # The broker's own word on the order (OPEN, TRIGGER_PENDING, COMPLETE, ...; normalised), and when a broker
+    # report last told us something new. NULL: the broker has not confirmed the order (yet).
+    broker_status = CharField(null=True, max_length=30)
+    broker_status_at = CharField(null=True, max_length=40)
     created_at = CharField(max_length=40)
     # Indexed: risk's open-positions count reads "filled since the last PositionBook" on every ENTRY alert,
     # which without it scans the whole day's orders.

@@ -45,11 +45,24 @@ def counts_by_status() -> dict[str, int]:
     return counts
 
 
+# Broker statuses that do not show the order working at the exchange yet.
+UNCONFIRMED_BROKER_STATUSES = ("PENDING",)
+
+
 def stuck_orders(older_than_s: float, now: datetime | None = None) -> list[dict]:
-    """Non-terminal orders not updated for longer than older_than_s."""
+    """Non-terminal orders without broker confirmation, unchanged for longer than older_than_s.
+
+    Confirmation is the broker's own word: a broker_status other than PENDING, or fills. A resting LIMIT the
+    broker reports OPEN (or an SL order TRIGGER_PENDING) is healthy however old it is. Stuck: a CREATED order
+    (never sent), and a SENT_TO_BROKER order the broker has not (or only as PENDING) reported on.
+    """
     now = now or datetime.now(timezone.utc)
     cutoff = (now - timedelta(seconds=older_than_s)).isoformat(timespec="microseconds")
-    query = (Order.select().where(Order.status.in_(list(T.NON_TERMINAL)) & (Order.updated_at < cutoff))
+    unconfirmed = (Order.status == T.CREATED) | (
+        (Order.filled_qty == 0)
+        & (Order.broker_status.is_null() | Order.broker_status.in_(list(UNCONFIRMED_BROKER_STATUSES))))
+    query = (Order.select()
+             .where(Order.status.in_(list(T.NON_TERMINAL)) & (Order.updated_at < cutoff) & unconfirmed)
              .order_by(Order.updated_at))
     return [order_dict(r) for r in query]
 

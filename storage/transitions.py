@@ -57,6 +57,7 @@ class OrderState:
     avg_price: float | None
     broker_order_id: str | None
     tag: str | None = None
+    broker_status: str | None = None  # orders.broker_status: the broker's own word, normalised
 
 
 @dataclass(frozen=True)
@@ -145,3 +146,35 @@ def plan_broker_update(current: OrderState, view: BrokerView) -> Plan | None:
 
     plan = Plan(to_status=target, tag=tag, filled_qty=filled, avg_price=avg, broker_order_id=broker_id)
     return plan if plan.changes(current) else None
+
+
+# The broker's own status only moves forward: PENDING (received, not yet at the exchange) < working < final.
+# A report read before a later one but applied after it (an OrderBook row after a COMPLETE push) must not
+# put an order back to OPEN.
+_BROKER_FINAL = frozenset({"COMPLETE", "REJECTED", "CANCELED", "EXPIRED"})
+
+
+def _broker_rank(status: str) -> int:
+    if status in _BROKER_FINAL:
+        return 2
+    return 0 if status == "PENDING" else 1
+
+
+def next_broker_status(current: OrderState, reported: str) -> str | None:
+    """The broker_status to record for a (normalised) reported status, or None when it tells nothing new.
+
+    Within working statuses the latest report wins (an SL order goes TRIGGER_PENDING -> OPEN); a final status
+    is never replaced. An EXECUTED order takes nothing: it became EXECUTED on a COMPLETE report, recorded in the
+    same write (rows older than this column keep NULL; the watcher's EXECUTED shortcut relies on this).
+    """
+    if not reported or reported == current.broker_status or current.status == EXECUTED:
+        return None
+    if current.broker_status is not None:
+        if current.broker_status in _BROKER_FINAL or _broker_rank(reported) < _broker_rank(current.broker_status):
+            return None
+    return reported
+
+
+def report_changes_order(current: OrderState, view: BrokerView) -> bool:
+    """Would this broker report change anything on the order (status, fills, ids, tag or broker_status)?"""
+    return plan_broker_update(current, view) is not None or next_broker_status(current, view.status) is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,8 @@ def used_data_dir(make_system, paper, tmp_path):
     assert status == 202
     resting = body["orders"][0]["command_id"]
     system.wait_for_status(executed, "EXECUTED")
-    system.wait_until(lambda: (o := system.order(resting)) and o["broker_order_id"], 10, "the resting order")
+    system.wait_until(lambda: (o := system.order(resting)) and o["broker_status"] == "OPEN", 10,
+                      "the broker to report the resting order OPEN")
     assert system.order(resting)["status"] == "SENT_TO_BROKER"
     system.stop()
     config = write_config(tmp_path / "ran.toml", data_dir)
@@ -103,9 +105,10 @@ def test_verify_exit_codes(used_data_dir, tmp_path):
     assert "EXECUTED=1" in calm.stdout and "SENT_TO_BROKER=1" in calm.stdout
     assert resting not in calm.stdout
 
-    stuck = oms("verify", "--stuck-after", "0", "--config", str(config), cwd=tmp_path)
-    assert stuck.returncode == 1, stuck.stdout + stuck.stderr
-    assert resting in stuck.stdout and executed not in stuck.stdout
+    # However old, a resting order the broker reports OPEN is confirmed: not stuck.
+    confirmed = oms("verify", "--stuck-after", "0", "--config", str(config), cwd=tmp_path)
+    assert confirmed.returncode == 0, confirmed.stdout + confirmed.stderr
+    assert resting not in confirmed.stdout
 
 
 def test_tail_prints_alert_and_order_events(used_data_dir, tmp_path):
@@ -125,18 +128,24 @@ def test_tail_prints_alert_and_order_events(used_data_dir, tmp_path):
 
 def test_verify_names_an_order_whose_place_reply_never_came(make_system, paper, tmp_path):
     """The exchange holds the PlaceOrder reply: the outcome is unknown, the order must stay non-terminal,
-    never be resent, and `oms verify` must name it."""
+    never be resent, and `oms verify` must name it while the broker has not confirmed it.
+    No WebSocket and no polling of the service's own while the reply is held (request_timeout_s is long):
+    nothing can tell the service about the order, so it has no broker_status."""
     paper_faults(paper, hang_place_orders=1)
     data_dir = tmp_path / "hung"
-    system = make_system(data_dir=data_dir)
+    system = make_system(data_dir=data_dir, broker={"use_websocket": False, "poll_interval_s": 60.0,
+                                                    "request_timeout_s": 10.0})
     status, body = system.inject_alert(alert(strategy="HUNG", alert_id="cli-hung", order_type="LIMIT", price=1.0))
     assert status == 202
     cid = body["orders"][0]["command_id"]
     system.wait_until(lambda: system.order(cid)["status"] == "SENT_TO_BROKER", 5, "the order to be sent")
     system.wait_until(lambda: [o for o in paper_orders(paper) if o["remarks"] == cid], 5, "the exchange to have it")
+    system.wait_until(lambda: datetime.now(timezone.utc) - datetime.fromisoformat(system.order(cid)["updated_at"])
+                      > timedelta(seconds=0.2), 5, "the order to be older than stuck_after_s")
+    assert system.order(cid)["broker_status"] is None
+    config = write_config(tmp_path / "hung.toml", data_dir, "stuck_after_s = 0.2\n")
+    result = oms("verify", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert cid in result.stdout and "SENT_TO_BROKER" in result.stdout and "broker_status=-" in result.stdout
     system.stop()
     assert [o["remarks"] for o in paper_orders(paper)] == [cid], "the order was sent more than once"
-    config = write_config(tmp_path / "hung.toml", data_dir)
-    result = oms("verify", "--stuck-after", "0", "--config", str(config), cwd=tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert cid in result.stdout and "SENT_TO_BROKER" in result.stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.conftest import alert, paper_orders
+from tests.conftest import alert, paper_faults, paper_orders
 
 SYM = "NIFTY27MAR26C25700"
 PUT = "NIFTY27MAR26P25700"
@@ -110,11 +110,14 @@ def test_diagnostics_counts_by_status(populated):
 
 
 def test_diagnostics_names_stuck_orders(make_system, paper):
-    system = make_system(service={"stuck_after_s": 0.05})
-    resting = post_alert(system, alert(alert_id="stuck", order_type="LIMIT", price=1.0))
-    system.wait_until(lambda: (o := system.order(resting)) and o["broker_order_id"], 10, "the resting order")
+    """Stuck = non-terminal without broker confirmation. The exchange holds the PlaceOrder reply and nothing
+    (no WebSocket, no polling of our own) tells the service about the order."""
+    paper_faults(paper, hang_place_orders=1)
+    system = make_system(service={"stuck_after_s": 0.05},
+                         broker={"use_websocket": False, "poll_interval_s": 60.0, "request_timeout_s": 10.0})
+    hung = post_alert(system, alert(alert_id="stuck", order_type="LIMIT", price=1.0))
     stuck = system.wait_until(lambda: get(system, "/diagnostics").json()["stuck"], 5, "the order to be stuck")
-    assert [o["command_id"] for o in stuck] == [resting]
+    assert [o["command_id"] for o in stuck] == [hung] and stuck[0]["broker_status"] is None
 
 
 def test_webhook_only_accepts_post_and_json_errors_are_json(make_system, paper):

@@ -178,6 +178,8 @@ def test_writes_are_immediate_transactions(db, store):
 @pytest.mark.parametrize("status", ["PENDING", "OPEN", "NEW", "TRIGGER_PENDING"])
 def test_a_no_op_report_only_reads(db, store, status):
     sent(store)
+    # The first such report records the broker's status (broker_status); the same report again is a no-op.
+    assert store.apply_broker_report(report(status))[0].changed
     before, n_events = store.get_order("c1"), OrderEvent.select().count()
     with Statements(db) as seen:
         result, changes = store.apply_broker_report(report(status))
@@ -228,7 +230,10 @@ def test_fills_written_meanwhile_are_not_overwritten(db, store, other, start):
     assert writers and not writers[0].is_alive(), "the concurrent write was not exercised"
     row = store.get_order("c1")
     assert (row["status"], row["filled_qty"], row["avg_price"]) == ("PARTIAL", 40, 99.5)
-    assert result.matched and not result.changed and changes == []
+    assert row["broker_status"] == "OPEN"
+    # From SENT_TO_BROKER the report's OPEN is still news (broker_status); its fills are not.
+    assert result.matched and result.changed == (start == "SENT_TO_BROKER")
+    assert all(c.order.filled_qty == 40 for c in changes)
     assert len(events("c1")) == n_events
 
 
