@@ -44,7 +44,7 @@ TICK = 0.05
 NOT_FOUND = "Rejected : ORA:Order not found"
 NOT_FOUND_CANCEL = "Rejected : ORA:Order not found to Cancel"
 
-# Derivative symbols: NAME + DDMMMYY + (C|P + strike | F), e.g. NIFTY27MAR26C25700, NIFTY27MAR26F.
+# Derivative symbols: NAME + DDMMMYY + (C|P + strike | F), e.g. NIFTY29DEC26C25700, NIFTY29DEC26F.
 _DERIVATIVE = re.compile(r"^(?P<name>.+?)(?P<expiry>\d{2}[A-Z]{3}\d{2})(?:(?P<opt>[CP])(?P<strike>\d+(?:\.\d+)?)|F)$")
 # BSE monthly style: NAME + YY + MMM + strike + CE|PE, e.g. SENSEX26DEC80000CE (expires within that month).
 _BSE_MONTHLY = re.compile(r"^(?P<name>[A-Z]+?)(?P<yy>\d{2})(?P<mon>[A-Z]{3})(?P<strike>\d+(?:\.\d+)?)(?P<opt>CE|PE)$")
@@ -485,6 +485,19 @@ class Engine:
         kind, underlying, expiry = parse_symbol(exch, tsym)
         return self._create(exch, tsym, kind=kind, underlying=underlying, expiry=expiry)
 
+    def listed(self, exch: str, tsym: str, now: float) -> Instrument:
+        """The instrument if the exchange lists it on `now`'s IST day; SymbolError (malformed, unknown underlying,
+        expired) otherwise. An expired contract is never created."""
+        inst = self._instruments.get((exch, tsym))
+        expiry = inst.expiry if inst is not None else None
+        if inst is None:
+            if exch not in EXCHANGES:
+                raise SymbolError(f"Invalid Exchange : {exch or 'missing'}")
+            expiry = parse_symbol(exch, tsym)[2]
+        if expiry is not None and expiry < ist_date(now):
+            raise SymbolError(f"Invalid Trading Symbol : {tsym} expired on {expiry:%d-%m-%Y}")
+        return inst or self.instrument(exch, tsym)
+
     def _create(self, exch: str, tsym: str, *, kind: str, underlying: str, token: str | None = None,
                 expiry: date | None = None) -> Instrument:
         if token is None:
@@ -521,19 +534,17 @@ class Engine:
         needle = text.strip().upper()
         if not needle:
             return []
-        found = [i for i in self._instruments.values() if i.exch == exch and needle in i.tsym.upper()]
+        today = ist_date(now) if now is not None else None
+        found = [i for i in self._instruments.values() if i.exch == exch and needle in i.tsym.upper()
+                 and not (today and i.expiry and i.expiry < today)]  # an expired contract is no longer listed
         if found or exch not in EXCHANGES:
             return found
-        if exch in CASH_EXCHANGES and exch == "NSE" and "-" not in needle:
+        if exch == "NSE" and "-" not in needle:
             needle = f"{needle}-EQ"
         try:
-            inst = self.instrument(exch, needle)
+            return [self.listed(exch, needle, now) if now is not None else self.instrument(exch, needle)]
         except SymbolError:
             return []
-        # An expired contract is no longer listed (it stays known so that old orders keep their token).
-        if inst.expiry is not None and now is not None and inst.expiry < ist_date(now):
-            return []
-        return [inst]
 
     def drain_changed(self) -> list[Instrument]:
         """Instruments whose quote (lp, volume) changed since the last call."""
@@ -703,7 +714,7 @@ class Engine:
         inst, symbol_error = None, ""
         if exch in EXCHANGES and tsym:
             try:
-                inst = self.instrument(exch, tsym)
+                inst = self.listed(exch, tsym, now)
             except SymbolError as exc:
                 symbol_error = str(exc)
         qty = _quantity(data.get("qty"))
@@ -734,7 +745,7 @@ class Engine:
         self._orders[order.norenordno] = order
         self.account(uid).orders[order.norenordno] = order
         reports = [self._report(order, "NewAck", now)]
-        reason = self._validate(order, inst, qty, data) or symbol_error or self._expired(inst, now)
+        reason = self._validate(order, inst, qty, data) or symbol_error
         if reason:
             order.status = REJECTED
             order.rejreason = reason
@@ -752,12 +763,6 @@ class Engine:
         reports.append(self._report(order, "New", now))
         self._evaluate(order, now, reports)
         return order, reports + self.step(now)
-
-    @staticmethod
-    def _expired(inst: Instrument | None, now: float) -> str:
-        if inst is not None and inst.expiry is not None and inst.expiry < ist_date(now):
-            return f"Invalid Trading Symbol : {inst.tsym} expired on {inst.expiry:%d-%m-%Y}"
-        return ""
 
     def _validate(self, order: Order, inst: Instrument | None, qty: int | None, data: dict) -> str:
         if order.exch not in EXCHANGES:
