@@ -25,7 +25,10 @@ def paper_factory():
     started: list[PaperExchange] = []
 
     def make(**paper_overrides) -> PaperExchange:
-        cfg = PaperConfig(**{"port": 0, "fill_delay_ms": 10, **paper_overrides})
+        # Lot / tick checks off (the product default is on): several service tests trade deliberate part lots
+        # (freeze-split remainders, partial exits). Tests of the checks build their own exchange. Nothing is
+        # persisted (no state_file): every test starts a fresh exchange.
+        cfg = PaperConfig(**{"port": 0, "fill_delay_ms": 10, "enforce_lot_tick": False, **paper_overrides})
         exchange = PaperExchange(cfg)
         exchange.start()
         started.append(exchange)

@@ -120,6 +120,15 @@ def _expiry_date(text: str) -> date | None:
         return None
 
 
+def _without_expiry(tsym: str) -> str:
+    """NIFTY29DEC26C25700 -> NIFTYC25700, SENSEX26DEC80000CE -> SENSEX80000CE."""
+    match = _DERIVATIVE.match(tsym)
+    if match:
+        return tsym[:match.start("expiry")] + tsym[match.end("expiry"):]
+    match = _BSE_MONTHLY.match(tsym)
+    return match.group("name") + match.group("strike") + match.group("opt") if match else tsym
+
+
 def parse_symbol(exch: str, tsym: str) -> tuple[str, str, date | None]:
     """(kind, underlying, expiry) of a symbol the paper exchange would list on `exch`; SymbolError otherwise.
 
@@ -230,7 +239,8 @@ class Instrument:
             "l": money(self.l),
             "c": money(self.c),
             "uc": money(to_tick(self.c * 1.2, self.ti)),
-            "lc": money(max(self.ti, to_tick(self.c * 0.8, self.ti))),
+            # Options trade down to one tick (as on NSE); other instruments have a 20 % band both ways.
+            "lc": money(self.ti if self.kind == "OPTION" else max(self.ti, to_tick(self.c * 0.8, self.ti))),
             "ti": money(self.ti),
             "ls": str(self.ls),
             "pp": "2",
@@ -511,7 +521,9 @@ class Engine:
             lot, freeze = 1, _CASH_FREEZE
         elif exch in _LOT_IN_LOTS:
             lot, freeze = 1, _CASH_FREEZE
-        rng = random.Random(f"{self.seed}|{exch}|{tsym}")
+        # Seeded by the symbol without its expiry: a strike starts at the same price whatever the month, so
+        # runs (and tests) do not change behaviour as the calendar moves.
+        rng = random.Random(f"{self.seed}|{exch}|{_without_expiry(tsym) if expiry else tsym}")
         if kind == "OPTION":
             low, high = 50.0, 500.0
         elif kind in ("FUTURE", "INDEX"):
