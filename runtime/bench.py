@@ -157,6 +157,7 @@ host = "{HOST}"
 port = {paper_port}
 fill_delay_ms = 0
 walk_volatility = 0.0
+persist = false  # every run starts a fresh exchange; state-file saves would only add noise to the figures
 
 [risk]
 max_entries_per_second = {HUGE}

@@ -137,7 +137,14 @@ class PaperConfig(_Section):
     walk_volatility: float = Field(0.0005, ge=0)
     tick_interval_ms: int = Field(500, gt=0)
     # Like the exchange: reject a qty that is not a lot multiple or exceeds the freeze qty, and prices off the tick.
-    enforce_lot_tick: bool = False
+    enforce_lot_tick: bool = True
+    # Orders, positions, cash and the order-number sequence survive restarts in this JSON file. Empty: the
+    # starter's default ("<service.data_dir>/paper_state.json" for `oms run`, "./paper_state.json" for
+    # `oms paper`). persist = false keeps everything in memory (order numbers then restart at 1).
+    state_file: str = ""
+    persist: bool = True
+    # A changed state is written at most this often (and at stop); never on the PlaceOrder path itself.
+    save_interval_ms: int = Field(200, gt=0)
     # Limits `cash` of every paper account.
     cash: float = Field(10_000_000.0, ge=0)
 

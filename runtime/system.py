@@ -82,7 +82,7 @@ class System:
         if b.mode == "paper":
             from runtime.paper import PaperExchange
 
-            self.paper = PaperExchange(self.config.paper)
+            self.paper = PaperExchange(self.config.paper, default_state_file=self.data_dir / "paper_state.json")
             self.paper.start()
             logger.info("embedded paper exchange on {}", self.paper.base_url)
             return b.rest_url or self.paper.rest_url, b.ws_url or self.paper.ws_url

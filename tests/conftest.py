@@ -15,6 +15,7 @@ import requests
 from runtime.config import PaperConfig, config_from_dict
 from runtime.paper import PaperExchange
 from runtime.system import System
+from tests.symbols import NIFTY_CE
 
 SECRET = "test-secret"
 
@@ -24,7 +25,10 @@ def paper_factory():
     started: list[PaperExchange] = []
 
     def make(**paper_overrides) -> PaperExchange:
-        cfg = PaperConfig(**{"port": 0, "fill_delay_ms": 10, **paper_overrides})
+        # Lot / tick checks off (the product default is on): several service tests trade deliberate part lots
+        # (freeze-split remainders, partial exits). Tests of the checks build their own exchange. Nothing is
+        # persisted (no state_file): every test starts a fresh exchange.
+        cfg = PaperConfig(**{"port": 0, "fill_delay_ms": 10, "enforce_lot_tick": False, **paper_overrides})
         exchange = PaperExchange(cfg)
         exchange.start()
         started.append(exchange)
@@ -86,9 +90,9 @@ def make_system(tmp_path, paper):
 
 def alert(strategy="S1", execution_type="ENTRY", legs=None, alert_id=None, secret=SECRET, exchange="NFO",
           **leg_fields) -> dict:
-    """A webhook payload; one MARKET BUY leg of 65 NIFTY27MAR26C25700 unless told otherwise."""
+    """A webhook payload; one MARKET BUY leg of 65 NIFTY_CE (tests/symbols.py) unless told otherwise."""
     if legs is None:
-        leg = {"tradingsymbol": "NIFTY27MAR26C25700", "direction": "BUY", "qty": 65, "order_type": "MARKET",
+        leg = {"tradingsymbol": NIFTY_CE, "direction": "BUY", "qty": 65, "order_type": "MARKET",
                "product_type": "NRML"}
         leg.update(leg_fields)
         legs = [leg]

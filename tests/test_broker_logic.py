@@ -6,6 +6,7 @@ import pytest
 
 from actors.broker import RateLimiter, to_place_request
 from messages.orders import OrderSnapshot
+from tests.symbols import NIFTY_CE
 
 NOW = "2026-01-01T09:15:00.000000+00:00"
 
@@ -14,7 +15,7 @@ def snap(side="BUY", product="NRML", order_type="MARKET", price=0.0, trigger=Non
          command_id="oms0123456789abcdef") -> OrderSnapshot:
     return OrderSnapshot(
         command_id=command_id, alert_id="a1", client_id="C1", source="webhook", strategy_name="S1",
-        execution_type="ENTRY", exchange=exchange, symbol="NIFTY27MAR26C25700", side=side, quantity=qty,
+        execution_type="ENTRY", exchange=exchange, symbol=NIFTY_CE, side=side, quantity=qty,
         product=product, order_type=order_type, price=price, trigger_price=trigger, status="SENT_TO_BROKER",
         tag=None, broker_order_id=None, filled_qty=0, avg_price=None, created_at=NOW, updated_at=NOW)
 
@@ -24,7 +25,7 @@ def snap(side="BUY", product="NRML", order_type="MARKET", price=0.0, trigger=Non
 def test_market_buy_nrml():
     r = to_place_request(snap(price=123.0))
     assert (r.exch, r.tsym, r.qty, r.trantype, r.prd, r.prctyp, r.prc, r.trgprc) == (
-        "NFO", "NIFTY27MAR26C25700", 65, "B", "M", "MKT", 0.0, None)
+        "NFO", NIFTY_CE, 65, "B", "M", "MKT", 0.0, None)
     assert r.remarks == "oms0123456789abcdef"
 
 
@@ -121,7 +122,7 @@ def test_a_leg_the_broker_request_cannot_express_fails_before_the_claim(make_sys
 
     system = make_system(broker={"market_protection": False})
     leg = NewOrder(command_id="omsinvalidrequest01", alert_id="bad", client_id="paper", source="webhook",
-                   strategy_name="S1", execution_type="ENTRY", exchange="NFO", symbol="NIFTY27MAR26C25700",
+                   strategy_name="S1", execution_type="ENTRY", exchange="NFO", symbol=NIFTY_CE,
                    side="BUY", quantity=0, product="NRML", order_type="MARKET")
     result = system.registry.ask("store", RegisterAlert(alert_id="bad", source="webhook", legs=(leg,)))
     system.inject("broker", SendLegs(orders=(result.orders[0],)))

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import alert, paper_faults, paper_orders
+from tests.symbols import NIFTY_PE
 
 VENV_BIN = Path(sys.executable).parent
 OMS_SCRIPT = VENV_BIN / "oms"
@@ -72,7 +73,7 @@ def used_data_dir(make_system, paper, tmp_path):
     status, body = system.inject_alert(alert(strategy="DONE", alert_id="cli-1"))
     assert status == 202
     executed = body["orders"][0]["command_id"]
-    status, body = system.inject_alert(alert(strategy="OPEN", alert_id="cli-2", tradingsymbol="NIFTY27MAR26P25700",
+    status, body = system.inject_alert(alert(strategy="OPEN", alert_id="cli-2", tradingsymbol=NIFTY_PE,
                                              order_type="LIMIT", price=1.0))
     assert status == 202
     resting = body["orders"][0]["command_id"]

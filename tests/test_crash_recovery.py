@@ -80,6 +80,7 @@ orders_per_second = 1000
 orders_per_minute = 100000
 [paper]
 fill_delay_ms = 5
+state_file = "{data_dir.parent / 'paper_state.json'}"
 [risk]
 enforce_trading_hours = false   # live mode would enforce them; this test runs at any hour
 """)

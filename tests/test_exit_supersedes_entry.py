@@ -1,8 +1,9 @@
 """An EXIT supersedes the strategy's resting entry orders on that instrument: they are cancelled at the broker."""
 
 from conftest import alert, paper_orders
+from tests.symbols import NIFTY_CE
 
-SYM = "NIFTY27MAR26C25700"
+SYM = NIFTY_CE
 
 
 def test_exit_cancels_a_resting_entry_at_the_broker(make_system, paper):

@@ -4,6 +4,8 @@ import requests
 
 from conftest import SECRET, alert, paper_orders
 from storage.models import Alert
+from tests import symbols as sym
+from tests.symbols import NIFTY_CE, NIFTY_PE
 
 TERMINAL = ("EXECUTED", "FAILED")
 
@@ -18,18 +20,18 @@ def _enter(system, strategy, symbol, qty=65, **leg):
 def test_exit_all_one_strategy_or_one_symbol_with_qty(make_system):
     system = make_system()
     legs = [{"tradingsymbol": s, "direction": "BUY", "qty": 65, "order_type": "MARKET", "product_type": "NRML"}
-            for s in ("NIFTY27MAR26C25700", "NIFTY27MAR26P25700")]
+            for s in (NIFTY_CE, NIFTY_PE)]
     status, body = system.inject_alert(alert(strategy="A", alert_id="straddle", legs=legs))
     for o in body["orders"]:
         assert system.wait_for_status(o["command_id"], TERMINAL)["status"] == "EXECUTED"
-    assert _enter(system, "B", "NIFTY27MAR26C25800")["status"] == "EXECUTED"
+    assert _enter(system, "B", sym.option("NIFTY", "C", 25800))["status"] == "EXECUTED"
 
     refused = requests.post(f"{system.url}/positions/exit", json={"secret_key": "nope"}, timeout=5)
     assert refused.status_code == 401
 
     # one symbol, part of it
     reply = requests.post(f"{system.url}/positions/exit", json={"secret_key": SECRET, "strategy": "A",
-                                                                "symbol": "NIFTY27MAR26C25700", "qty": 20}, timeout=5)
+                                                                "symbol": NIFTY_CE, "qty": 20}, timeout=5)
     assert reply.status_code == 202, reply.text
     (leg,) = reply.json()["orders"]
     done = system.wait_for_status(leg["command_id"], TERMINAL)
@@ -40,8 +42,8 @@ def test_exit_all_one_strategy_or_one_symbol_with_qty(make_system):
     reply = requests.post(f"{system.url}/positions/exit", json={"secret_key": SECRET, "strategy": "A"}, timeout=5)
     assert reply.status_code == 202
     exits = [system.wait_for_status(o["command_id"], TERMINAL) for o in reply.json()["orders"]]
-    assert sorted((o["symbol"], o["filled_qty"]) for o in exits) == [("NIFTY27MAR26C25700", 45),
-                                                                      ("NIFTY27MAR26P25700", 65)]
+    assert sorted((o["symbol"], o["filled_qty"]) for o in exits) == [(NIFTY_CE, 45),
+                                                                      (NIFTY_PE, 65)]
     positions = requests.get(f"{system.url}/positions", timeout=5).json()
     assert [(p["strategy_name"], p["net_qty"]) for p in positions] == [("B", 65)]
 
@@ -87,7 +89,7 @@ def test_oms_exit_and_oms_cancel_commands(make_system, tmp_path):
     import sys
 
     system = make_system()
-    assert _enter(system, "C", "NIFTY27MAR26C25900")["status"] == "EXECUTED"
+    assert _enter(system, "C", sym.option("NIFTY", "C", 25900))["status"] == "EXECUTED"
     status, body = system.inject_alert(alert(strategy="D", alert_id="rest-D", order_type="LIMIT", price=1.0))
     resting = body["orders"][0]["command_id"]
     system.wait_until(lambda: (system.order(resting) or {}).get("broker_order_id"), what="placed")
@@ -99,8 +101,8 @@ def test_oms_exit_and_oms_cancel_commands(make_system, tmp_path):
                               capture_output=True, text=True, timeout=60)
 
     assert oms("exit").returncode == 2
-    done = oms("exit", "--symbol", "NIFTY27MAR26C25900", "--qty", "5")
-    assert done.returncode == 0 and done.stdout.startswith("EXIT NIFTY27MAR26C25900"), done.stderr
+    done = oms("exit", "--symbol", sym.option("NIFTY", "C", 25900), "--qty", "5")
+    assert done.returncode == 0 and done.stdout.startswith(f"EXIT {sym.option('NIFTY', 'C', 25900)}"), done.stderr
     cid = done.stdout.split()[2]
     assert system.wait_for_status(cid, TERMINAL)["filled_qty"] == 5
     cancelled = oms("cancel", "--strategy", "D")

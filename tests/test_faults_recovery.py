@@ -31,9 +31,10 @@ from storage.db import close_database, open_database
 from storage.models import ExternalOrder, Order
 from storage.transitions import is_allowed
 from tests.conftest import alert, paper_faults, paper_orders, set_ltp
+from tests.symbols import NIFTY_CE, NIFTY_PE
 
-SYM = "NIFTY27MAR26C25700"
-PUT = "NIFTY27MAR26P25700"
+SYM = NIFTY_CE
+PUT = NIFTY_PE
 FAST = {"request_timeout_s": 0.5, "lost_grace_s": 1.0, "lost_min_lookups": 2, "poll_interval_s": 0.2}
 NO_TICKS = 30.0  # a poll interval longer than any test here: the watcher never polls on its own
 WS_AUTHED = "noren ws connected as"

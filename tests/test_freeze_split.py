@@ -18,8 +18,10 @@ from runtime.paper import engine as paper_engine
 from storage.db import close_database, open_database
 from storage.models import Order, OrderEvent
 from tests.conftest import alert, paper_orders
+from tests import symbols as sym
+from tests.symbols import NIFTY_CE, NIFTY_FUT, NIFTY_PE
 
-SYM = "NIFTY27MAR26C25700"
+SYM = NIFTY_CE
 TERMINAL = ("EXECUTED", "FAILED")
 
 
@@ -46,21 +48,21 @@ def test_split_quantities(qty, freeze, lot, chunks):
 
 def test_freeze_quantities_by_underlying_and_overrides():
     table = freeze_table()
-    assert freeze_qty("NFO", "NIFTY27MAR26C25700", table) == 1800
-    assert freeze_qty("NFO", "NIFTY27MAR26F", table) == 1800
-    assert freeze_qty("NFO", "BANKNIFTY27MAR26P52000", table) == 900
-    assert freeze_qty("NFO", "FINNIFTY27MAR26C24000", table) == 1800
-    assert freeze_qty("NFO", "MIDCPNIFTY27MAR26C12000", table) == 2800
+    assert freeze_qty("NFO", NIFTY_CE, table) == 1800
+    assert freeze_qty("NFO", NIFTY_FUT, table) == 1800
+    assert freeze_qty("NFO", sym.option("BANKNIFTY", "P", 52000), table) == 900
+    assert freeze_qty("NFO", sym.option("FINNIFTY", "C", 24000), table) == 1800
+    assert freeze_qty("NFO", sym.option("MIDCPNIFTY", "C", 12000), table) == 2800
     assert freeze_qty("BFO", "SENSEX2531175000CE", table) == 1000
     assert freeze_qty("BFO", "BANKEX25MAR60000PE", table) == 900
     assert freeze_qty("NSE", "INFY-EQ", table) is None  # equities have none
     assert freeze_qty("NSE", "NIFTY", table) is None
-    assert freeze_qty("NFO", "RELIANCE27MAR26F", table) is None  # stock derivatives: only when configured
+    assert freeze_qty("NFO", sym.future("RELIANCE"), table) is None  # stock derivatives: only when configured
     table = freeze_table({"reliance": 500, "NIFTY": 0, "BANKNIFTY": 600})
-    assert freeze_qty("NFO", "RELIANCE27MAR26F", table) == 500
-    assert freeze_qty("NFO", "NIFTY27MAR26C25700", table) is None  # 0: never split
-    assert freeze_qty("NFO", "BANKNIFTY27MAR26P52000", table) == 600
-    assert lot_size_fallback("NFO", "NIFTY27MAR26C25700") == 65 and lot_size_fallback("NSE", "INFY-EQ") is None
+    assert freeze_qty("NFO", sym.future("RELIANCE"), table) == 500
+    assert freeze_qty("NFO", NIFTY_CE, table) is None  # 0: never split
+    assert freeze_qty("NFO", sym.option("BANKNIFTY", "P", 52000), table) == 600
+    assert lot_size_fallback("NFO", NIFTY_CE) == 65 and lot_size_fallback("NSE", "INFY-EQ") is None
 
 
 def test_built_in_tables_match_the_paper_exchange():
@@ -100,7 +102,7 @@ def register(store: OrderStore, *legs: NewOrder):
 
 
 def test_split_keeps_the_first_chunk_and_inserts_linked_children(store):
-    register(store, leg("p1", 4000, 0), leg("other", 65, 1, symbol="NIFTY27MAR26P25700"))
+    register(store, leg("p1", 4000, 0), leg("other", 65, 1, symbol=NIFTY_PE))
     result, changes = store.split_leg(SplitLeg(command_id="p1", quantities=(1755, 1755, 490)))
     assert result.applied and [o.quantity for o in result.orders] == [1755, 1755, 490]
     parent, *children = result.orders

@@ -8,12 +8,13 @@ import pytest
 
 from actors.guard import GuardBook
 from messages.orders import OrderChanged, OrderSnapshot
+from tests.symbols import NIFTY_CE
 
 _ids = itertools.count(1)
 NOW = "2026-01-01T09:15:00.000000+00:00"
 
 
-def snap(strategy="S1", symbol="NIFTY27MAR26C25700", side="BUY", qty=65, execution="ENTRY", alert="a1",
+def snap(strategy="S1", symbol=NIFTY_CE, side="BUY", qty=65, execution="ENTRY", alert="a1",
          exchange="NFO", product="NRML", status="CREATED", filled=0, command_id=None) -> OrderSnapshot:
     return OrderSnapshot(
         command_id=command_id or f"cmd{next(_ids)}", alert_id=alert, client_id="C1", source="webhook",

@@ -18,6 +18,7 @@ from actors.ingress import (
     signature_ok,
 )
 from messages.alerts import WebhookAlert, WebhookLeg
+from tests.symbols import NIFTY_CE, NIFTY_PE
 
 SECRET = "s3cret-Tok3n"
 
@@ -27,9 +28,9 @@ def alert(**over) -> dict:
         "secret_key": SECRET, "alert_id": "tv-123", "strategy_name": "NIFTY_STRADDLE",
         "execution_type": "ENTRY", "exchange": "NFO",
         "legs": [
-            {"tradingsymbol": "NIFTY27MAR26C25700", "direction": "BUY", "qty": 65, "order_type": "MARKET",
+            {"tradingsymbol": NIFTY_CE, "direction": "BUY", "qty": 65, "order_type": "MARKET",
              "price": 0, "trigger_price": None, "product_type": "NRML"},
-            {"tradingsymbol": "NIFTY27MAR26P25700", "direction": "SELL", "qty": 65, "order_type": "LIMIT",
+            {"tradingsymbol": NIFTY_PE, "direction": "SELL", "qty": 65, "order_type": "LIMIT",
              "price": 101.5, "product_type": "MIS"},
         ],
     }
@@ -42,7 +43,7 @@ def body(data) -> bytes:
 
 
 def leg(**over) -> dict:
-    data = {"tradingsymbol": "NIFTY27MAR26C25700", "direction": "BUY", "qty": 65, "order_type": "MARKET",
+    data = {"tradingsymbol": NIFTY_CE, "direction": "BUY", "qty": 65, "order_type": "MARKET",
             "product_type": "NRML"}
     data.update(over)
     return data
@@ -66,8 +67,8 @@ def test_valid_alert_is_accepted_with_parsed_legs():
     assert a.strategy_name == "NIFTY_STRADDLE" and a.execution_type == "ENTRY" and a.exchange == "NFO"
     assert a.alert_id == "tv-123"
     assert [(l.tradingsymbol, l.direction, l.qty, l.order_type, l.product_type) for l in a.legs] == [
-        ("NIFTY27MAR26C25700", "BUY", 65, "MARKET", "NRML"),
-        ("NIFTY27MAR26P25700", "SELL", 65, "LIMIT", "MIS"),
+        (NIFTY_CE, "BUY", 65, "MARKET", "NRML"),
+        (NIFTY_PE, "SELL", 65, "LIMIT", "MIS"),
     ]
     assert a.legs[1].price == 101.5
 
@@ -202,7 +203,7 @@ def test_product_aliases(given, expected):
 
 def test_keys_and_enum_words_are_case_insensitive():
     data = {"SECRET_KEY": SECRET, "Strategy_Name": "S1", "EXECUTION_TYPE": "exit", "Exchange": "nfo",
-            "LEGS": [{"TradingSymbol": "NIFTY27MAR26C25700", "DIRECTION": "sell", "QTY": 65,
+            "LEGS": [{"TradingSymbol": NIFTY_CE, "DIRECTION": "sell", "QTY": 65,
                       "Order_Type": "lmt", "PRICE": 10.5, "Product_Type": "i"}]}
     out = parse_webhook(body(data), None, SECRET)
     assert out.status == 202, out.errors
@@ -210,7 +211,7 @@ def test_keys_and_enum_words_are_case_insensitive():
     assert (a.strategy_name, a.execution_type, a.exchange) == ("S1", "EXIT", "NFO")
     only = a.legs[0]
     assert (only.tradingsymbol, only.direction, only.qty, only.order_type, only.price, only.product_type) == (
-        "NIFTY27MAR26C25700", "SELL", 65, "LIMIT", 10.5, "MIS")
+        NIFTY_CE, "SELL", 65, "LIMIT", 10.5, "MIS")
 
 
 def test_numeric_alert_id_becomes_text():
@@ -231,7 +232,7 @@ def test_build_orders_maps_every_field():
     assert (first.alert_id, first.client_id, first.source, first.strategy_name, first.execution_type) == (
         "tv-123", "CLIENT1", "webhook", "NIFTY_STRADDLE", "ENTRY")
     assert (first.exchange, first.symbol, first.side, first.quantity, first.product, first.order_type) == (
-        "NFO", "NIFTY27MAR26C25700", "BUY", 65, "NRML", "MARKET")
+        "NFO", NIFTY_CE, "BUY", 65, "NRML", "MARKET")
     assert (first.status, first.tag, first.leg_index) == ("CREATED", None, 0)
     assert (second.side, second.order_type, second.price, second.product, second.leg_index) == (
         "SELL", "LIMIT", 101.5, "MIS", 1)
@@ -245,13 +246,13 @@ def test_default_command_ids_are_unique_and_fit_remarks():
 
 
 def test_qty_zero_entry_leg_fails_validation_and_holds_the_other_legs():
-    orders = _orders(alert(legs=[leg(), leg(qty=0, tradingsymbol="NIFTY27MAR26P25700")]))
+    orders = _orders(alert(legs=[leg(), leg(qty=0, tradingsymbol=NIFTY_PE)]))
     assert (orders[0].status, orders[0].tag) == ("FAILED", "VALIDATION_FAILED:OTHER_LEG_BLOCKED")
     assert (orders[1].status, orders[1].tag) == ("FAILED", "VALIDATION_FAILED:QTY_NOT_POSITIVE")
 
 
 def test_qty_zero_exit_leg_fails_validation_while_other_exit_legs_are_created():
-    orders = _orders(alert(execution_type="EXIT", legs=[leg(), leg(qty=0, tradingsymbol="NIFTY27MAR26P25700")]))
+    orders = _orders(alert(execution_type="EXIT", legs=[leg(), leg(qty=0, tradingsymbol=NIFTY_PE)]))
     assert orders[0].status == "CREATED" and orders[0].tag is None
     assert (orders[1].status, orders[1].tag) == ("FAILED", "VALIDATION_FAILED:QTY_NOT_POSITIVE")
 

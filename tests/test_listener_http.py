@@ -6,9 +6,10 @@ import pytest
 import requests
 
 from tests.conftest import alert, paper_faults, paper_orders
+from tests.symbols import NIFTY_CE, NIFTY_PE
 
-SYM = "NIFTY27MAR26C25700"
-PUT = "NIFTY27MAR26P25700"
+SYM = NIFTY_CE
+PUT = NIFTY_PE
 TERMINAL = ("EXECUTED", "FAILED")
 ORDER_COLUMNS = {
     "command_id", "alert_id", "client_id", "source", "strategy_name", "execution_type", "exchange", "symbol",

@@ -14,8 +14,10 @@ from actors.instruments import instrument_kind, underlying
 from messages.orders import OrderSnapshot
 from runtime.config import ConfigError, config_from_dict
 from tests.conftest import alert, paper_orders, set_ltp
+from tests import symbols as sym
+from tests.symbols import NIFTY_CE, NIFTY_FUT
 
-SYM = "NIFTY27MAR26C25700"
+SYM = NIFTY_CE
 NOW = "2026-01-01T09:15:00.000000+00:00"
 TERMINAL = ("EXECUTED", "FAILED")
 
@@ -31,14 +33,14 @@ def snap(side="BUY", order_type="MARKET", trigger=None, symbol=SYM, exchange="NF
 # ---- instrument kinds -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("exch,tsym,kind", [
-    ("NFO", "NIFTY27MAR26C25700", "option"),
-    ("NFO", "BANKNIFTY27MAR26P52000", "option"),
-    ("NFO", "NIFTY27MAR26F", "future"),
-    ("NFO", "M&M27MAR26F", "future"),
+    ("NFO", NIFTY_CE, "option"),
+    ("NFO", sym.option("BANKNIFTY", "P", 52000), "option"),
+    ("NFO", NIFTY_FUT, "future"),
+    ("NFO", sym.future("M&M"), "future"),
     ("BFO", "SENSEX25MAR75000CE", "option"),
     ("BFO", "SENSEX2531175000PE", "option"),
-    ("MCX", "CRUDEOIL19MAR26", "future"),
-    ("CDS", "USDINR27MAR26F", "future"),
+    ("MCX", f"CRUDEOIL{sym.expiry_code()}", "future"),
+    ("CDS", sym.future("USDINR"), "future"),
     ("NSE", "INFY-EQ", "equity"),
     ("BSE", "RELIANCE", "equity"),
     ("nfo", "nifty27mar26c25700", "option"),
@@ -48,11 +50,11 @@ def test_instrument_kind(exch, tsym, kind):
 
 
 @pytest.mark.parametrize("exch,tsym,name", [
-    ("NFO", "NIFTY27MAR26C25700", "NIFTY"),
-    ("NFO", "BANKNIFTY27MAR26F", "BANKNIFTY"),
-    ("NFO", "NIFTYNXT5027MAR26C70000", "NIFTYNXT50"),
+    ("NFO", NIFTY_CE, "NIFTY"),
+    ("NFO", sym.future("BANKNIFTY"), "BANKNIFTY"),
+    ("NFO", sym.option("NIFTYNXT50", "C", 70000), "NIFTYNXT50"),
     ("BFO", "SENSEX2531175000CE", "SENSEX"),
-    ("NFO", "M&M27MAR26F", "M&M"),
+    ("NFO", sym.future("M&M"), "M&M"),
     ("NSE", "NIFTY", None),
     ("NSE", "INFY-EQ", None),
 ])
@@ -199,10 +201,10 @@ def test_market_buy_and_sell_go_out_as_protected_limits_and_fill(make_system, st
 def test_equity_and_future_use_their_own_bands(make_system, strict_paper):
     system = make_system(strict_paper, broker={"market_protection_pct": {"future": 0.5}})
     set_ltp(strict_paper, "NSE", "INFY-EQ", 1500.00)
-    set_ltp(strict_paper, "NFO", "NIFTY27MAR26F", 24000.00)
+    set_ltp(strict_paper, "NFO", NIFTY_FUT, 24000.00)
     status, body = system.inject_alert(alert(alert_id="mp-kinds", exchange="NSE", legs=[
         {"tradingsymbol": "INFY-EQ", "direction": "BUY", "qty": 10, "order_type": "MARKET", "product_type": "MIS"},
-        {"tradingsymbol": "NIFTY27MAR26F", "direction": "SELL", "qty": 65, "order_type": "MARKET",
+        {"tradingsymbol": NIFTY_FUT, "direction": "SELL", "qty": 65, "order_type": "MARKET",
          "product_type": "NRML", "exchange": "NFO"}]))
     assert status == 202, body
     equity, future = (o["command_id"] for o in body["orders"])

@@ -29,6 +29,8 @@ from runtime.noren.errors import (
 )
 from runtime.noren.rest import NorenRestClient, SessionInfo
 from runtime.noren.ws import NorenWebSocket
+from tests import symbols as sym
+from tests.symbols import BANKNIFTY_CE, NIFTY_CE
 
 paper = pytest.importorskip("runtime.paper", reason="the paper exchange is not available")
 
@@ -221,7 +223,7 @@ def test_empty_books_are_empty_lists(exchange):
 
 def test_market_order_fills_and_shows_in_every_book(exchange):
     client = login(exchange)
-    tsym = "NIFTY27MAR26C25700"
+    tsym = NIFTY_CE
     set_ltp(exchange, "NFO", tsym, 120.0)
     norenordno = client.place_order(mkt(tsym, "cmd-mkt-1"))
     assert len(norenordno) == 14 and norenordno.isdigit()
@@ -248,7 +250,7 @@ def test_market_order_fills_and_shows_in_every_book(exchange):
 
 def test_limit_order_modify_and_cancel(exchange):
     client = login(exchange)
-    tsym = "NIFTY27MAR26P24000"
+    tsym = sym.option("NIFTY", "P", 24000)
     set_ltp(exchange, "NFO", tsym, 200.0)
     request = PlaceOrderRequest(exch="NFO", tsym=tsym, qty=130, prc=150.0, trgprc=None, prd="I", trantype="B",
                                 prctyp="LMT", remarks="cmd-lmt-1")
@@ -273,7 +275,7 @@ def test_limit_order_modify_and_cancel(exchange):
 
 def test_stop_loss_limit_triggers(exchange):
     client = login(exchange)
-    tsym = "BANKNIFTY27MAR26C52000"
+    tsym = BANKNIFTY_CE
     set_ltp(exchange, "NFO", tsym, 300.0)
     request = PlaceOrderRequest(exch="NFO", tsym=tsym, qty=30, prc=311.0, trgprc=310.0, prd="M", trantype="B",
                                 prctyp="SL-LMT", remarks="cmd-sl-1")
@@ -315,7 +317,7 @@ def test_quotes_and_search(exchange):
 def test_fork_reads_while_the_original_places(exchange):
     client = login(exchange)
     reader = client.fork()
-    tsym = "FINNIFTY27MAR26C24000"
+    tsym = sym.option("FINNIFTY", "C", 24000)
     set_ltp(exchange, "NFO", tsym, 80.0)
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -353,7 +355,7 @@ def test_latency_fault_still_works(exchange):
 
 def test_hung_place_order_is_unknown_outcome_but_exists_at_the_exchange(exchange):
     client = login(exchange, request_timeout_s=0.4)
-    tsym = "NIFTY27MAR26C26000"
+    tsym = sym.option("NIFTY", "C", 26000)
     set_ltp(exchange, "NFO", tsym, 60.0)
     control(exchange, "/paper/faults", {"hang_place_orders": 1})
     with pytest.raises(UnknownOutcome) as info:
@@ -374,7 +376,7 @@ def test_http_500_is_unknown_outcome(exchange):
     client = login(exchange)
     control(exchange, "/paper/faults", {"http_500": 2})
     with pytest.raises(UnknownOutcome) as info:
-        client.place_order(mkt("NIFTY27MAR26C25000", "cmd-500-1"))
+        client.place_order(mkt(sym.option("NIFTY", "C", 25000), "cmd-500-1"))
     assert info.value.http_status == 500
     with pytest.raises(BrokerError):
         client.order_book()
@@ -389,7 +391,7 @@ def test_expired_session_then_login_again(exchange):
         client.order_book()
     assert info.value.retry_safe
     with pytest.raises(SessionExpired):
-        client.place_order(mkt("NIFTY27MAR26C25100", "cmd-exp-1"))
+        client.place_order(mkt(sym.option("NIFTY", "C", 25100), "cmd-exp-1"))
     control(exchange, "/paper/faults/reset", {})
     client.login_quickauth(uid, PASSWORD, TOTP_SEED, "VC_PAPER", API_SECRET, "test-imei")
     assert client.order_book() == []  # the order sent with the expired session was not placed
@@ -402,7 +404,7 @@ def test_connection_refused_is_not_sent():
     assert info.value.retry_safe
     client.set_session("X", "X", "token")
     with pytest.raises(NotSent):
-        client.place_order(mkt("NIFTY27MAR26C25200", "cmd-refused-1"))
+        client.place_order(mkt(sym.option("NIFTY", "C", 25200), "cmd-refused-1"))
 
 
 def test_keep_alive_reuses_one_connection(exchange):
@@ -473,7 +475,7 @@ def test_ws_receives_fill_for_market_order(exchange):
     ws = open_ws(exchange, client, inbox)
     try:
         assert inbox.states[-1] == "connected"
-        tsym = "NIFTY27MAR26C25800"
+        tsym = sym.option("NIFTY", "C", 25800)
         set_ltp(exchange, "NFO", tsym, 95.0)
         norenordno = client.place_order(mkt(tsym, "cmd-ws-1"))
         fill = inbox.wait(lambda: inbox.fill_for("cmd-ws-1"), what="the om fill")
@@ -495,7 +497,7 @@ def test_ws_reconnects_after_drop_and_receives_next_fill(exchange):
         control(exchange, "/paper/faults", {"drop_websockets": True})
         inbox.wait(lambda: "disconnected" in inbox.states, what="the drop")
         inbox.wait(lambda: ws.connects > connects and ws.connected.is_set(), what="the reconnect")
-        tsym = "NIFTY27MAR26C25900"
+        tsym = sym.option("NIFTY", "C", 25900)
         set_ltp(exchange, "NFO", tsym, 70.0)
         client.place_order(mkt(tsym, "cmd-ws-2"))
         inbox.wait(lambda: inbox.fill_for("cmd-ws-2"), what="the om fill after reconnect")
@@ -519,7 +521,7 @@ def test_ws_callback_exception_does_not_kill_the_thread(exchange):
     ws.start()
     try:
         assert ws.connected.wait(5)
-        tsym = "NIFTY27MAR26P25000"
+        tsym = sym.option("NIFTY", "P", 25000)
         set_ltp(exchange, "NFO", tsym, 40.0)
         client.place_order(mkt(tsym, "cmd-ws-3"))
         inbox.wait(lambda: inbox.fill_for("cmd-ws-3"), what="a later update after the callback raised")
@@ -539,7 +541,7 @@ def test_ws_touchline_subscription(exchange):
             got.set()
 
     inbox = Inbox()
-    tsym = "NIFTY27MAR26C26100"
+    tsym = sym.option("NIFTY", "C", 26100)
     set_ltp(exchange, "NFO", tsym, 110.0)
     token = client.search_scrip("NFO", tsym)[0].token
     ws = open_ws(exchange, client, inbox, on_quote=on_quote)
@@ -577,7 +579,7 @@ def test_ws_expired_session_auth_fails_until_login_again(exchange):
         client.login_quickauth(uid, PASSWORD, TOTP_SEED, "VC_PAPER", API_SECRET, "test-imei")
         ws.retry_now()
         inbox.wait(lambda: ws.connects == 2 and ws.connected.is_set(), what="the reconnect with the new token")
-        tsym = "NIFTY27MAR26P25200"
+        tsym = sym.option("NIFTY", "P", 25200)
         set_ltp(exchange, "NFO", tsym, 45.0)
         client.place_order(mkt(tsym, "cmd-ws-relogin"))
         inbox.wait(lambda: inbox.fill_for("cmd-ws-relogin"), what="the om fill after re-login")
@@ -591,7 +593,7 @@ def test_ws_oauth(exchange):
     inbox = Inbox()
     ws = open_ws(exchange, client, inbox)
     try:
-        tsym = "NIFTY27MAR26P25100"
+        tsym = sym.option("NIFTY", "P", 25100)
         set_ltp(exchange, "NFO", tsym, 50.0)
         client.place_order(mkt(tsym, "cmd-ws-oauth"))
         inbox.wait(lambda: inbox.fill_for("cmd-ws-oauth"), what="the om fill over OAuth")

@@ -7,6 +7,7 @@ import pytest
 from actors.notifier import Outbox, describe_change
 from messages.commands import Notify
 from messages.orders import OrderChanged, OrderSnapshot
+from tests.symbols import NIFTY_CE
 
 NOW = "2026-01-01T09:15:00.000000+00:00"
 
@@ -80,7 +81,7 @@ def test_max_attempts_one_gives_up_on_first_failure():
 def snap(status="SENT_TO_BROKER", filled=0, avg=None, bid=None, tag=None) -> OrderSnapshot:
     return OrderSnapshot(
         command_id="cmd1", alert_id="a1", client_id="C1", source="webhook", strategy_name="S1",
-        execution_type="ENTRY", exchange="NFO", symbol="NIFTY27MAR26C25700", side="BUY", quantity=65,
+        execution_type="ENTRY", exchange="NFO", symbol=NIFTY_CE, side="BUY", quantity=65,
         product="NRML", order_type="MARKET", price=0.0, trigger_price=None, status=status, tag=tag,
         broker_order_id=bid, filled_qty=filled, avg_price=avg, created_at=NOW, updated_at=NOW)
 
@@ -89,7 +90,7 @@ def test_executed_is_a_filled_notification():
     n = describe_change(OrderChanged(order=snap("EXECUTED", 65, 101.25), from_status="SENT_TO_BROKER",
                                      to_status="EXECUTED"))
     assert n.kind == "filled" and n.command_id == "cmd1"
-    assert "NIFTY27MAR26C25700" in n.text and "65" in n.text and "101.25" in n.text
+    assert NIFTY_CE in n.text and "65" in n.text and "101.25" in n.text
 
 
 def test_partial_with_new_fills_is_a_partial_notification():

@@ -16,8 +16,10 @@ from NorenRestApiPy.NorenApi import NorenApi
 
 from runtime.config import PaperConfig
 from runtime.paper import PaperExchange
+from tests import symbols as sym
+from tests.symbols import BANKNIFTY_CE, NIFTY_CE
 
-OPT = "NIFTY27MAR26C25700"
+OPT = NIFTY_CE
 NO_DATA = 'Error Occurred : 5 "no data"'
 SESSION_EXPIRED = "Session Expired :  Invalid Session Key"
 REQUEST_TIME = re.compile(r"^\d{2}:\d{2}:\d{2} \d{2}-\d{2}-\d{4}$")
@@ -151,7 +153,7 @@ def test_market_order_fills_and_shows_in_every_book(exchange):
 
 def test_limit_order_rests_is_modified_fills_on_price_cross(exchange):
     api, _ = login(exchange, "C_LMT")
-    tsym = "NIFTY27MAR26P25000"
+    tsym = sym.option("NIFTY", "P", 25000)
     set_ltp(exchange, "NFO", tsym, 200.0)
     number = api.place_order("S", "M", "NFO", tsym, 65, 0, "LMT", price=220.0, remarks="cmd-lmt")["norenordno"]
     wait_status(api, number, "OPEN")
@@ -184,7 +186,7 @@ def test_cancel_open_order_and_unknown_orders(exchange):
 
 def test_stop_limit_order_waits_for_its_trigger(exchange):
     api, _ = login(exchange, "C_SL")
-    tsym = "BANKNIFTY27MAR26C52000"
+    tsym = BANKNIFTY_CE
     set_ltp(exchange, "NFO", tsym, 300.0)
     number = api.place_order("B", "M", "NFO", tsym, 30, 0, "SL-LMT", price=311.0, trigger_price=310.0,
                              remarks="cmd-sl")["norenordno"]
@@ -255,7 +257,7 @@ def test_index_quote_and_empty_books(exchange):
 
 def test_official_client_websocket_receives_order_updates_and_touchline(exchange):
     api, _ = login(exchange, "C_WS")
-    tsym = "NIFTY27MAR26C26000"
+    tsym = sym.option("NIFTY", "C", 26000)
     token = set_ltp(exchange, "NFO", tsym, 80.0)["token"]
     opened, updates, ticks = threading.Event(), [], []
     api.start_websocket(order_update_callback=updates.append, subscribe_callback=ticks.append,

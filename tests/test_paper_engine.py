@@ -6,9 +6,11 @@ import pytest
 
 from runtime.config import PaperConfig
 from runtime.paper.engine import NOT_FOUND, NOT_FOUND_CANCEL, Engine, OrderError, om_message
+from tests import symbols as sym
+from tests.symbols import NIFTY_CE, NIFTY_FUT
 
 T0 = 1_774_000_000.0  # a fixed epoch: 2026-03-20 in IST
-OPT = "NIFTY27MAR26C25700"
+OPT = NIFTY_CE
 
 
 def make(**overrides) -> Engine:
@@ -279,7 +281,7 @@ def test_reject_symbols_and_market_orders_when_configured():
 
 
 def test_lot_freeze_and_tick_checks_only_when_enforced():
-    lenient = make()
+    lenient = make(enforce_lot_tick=False)  # the default is on, like the exchange
     assert lenient.place("U1", order_fields(qty="10", prctyp="LMT", prc="100.03"), T0)[0].status == "OPEN"
     strict = make(enforce_lot_tick=True)
     assert "lot size 65" in strict.place("U1", order_fields(qty="10"), T0)[0].rejreason
@@ -339,12 +341,12 @@ def test_accounts_are_separate():
 def test_instruments_get_stable_tokens_lot_sizes_and_plausible_prices():
     engine = make()
     option = engine.instrument("NFO", OPT)
-    bank = engine.instrument("NFO", "BANKNIFTY27MAR26P52000")
-    future = engine.instrument("NFO", "NIFTY27MAR26F")
+    bank = engine.instrument("NFO", sym.option("BANKNIFTY", "P", 52000))
+    future = engine.instrument("NFO", NIFTY_FUT)
     equity = engine.instrument("NSE", "INFY-EQ")
     assert option.token == make().instrument("NFO", OPT).token and option.token.isdigit()
     assert (option.ls, option.frzqty, option.ti) == (65, 1800, 0.05)
-    assert bank.ls == 30 and equity.ls == 1 and engine.instrument("NFO", "RELIANCE27MAR26F").ls == 25
+    assert bank.ls == 30 and equity.ls == 1 and engine.instrument("NFO", sym.future("RELIANCE")).ls == 25
     assert 50 <= option.lp <= 500 and future.lp >= 20000 and 100 <= equity.lp <= 3000
     assert engine.find_token("NSE", "26000").tsym == "Nifty 50" and engine.find_token("NSE", "26000").lp >= 20000
     assert engine.find_token("NFO", option.token) is option
@@ -354,9 +356,9 @@ def test_instruments_get_stable_tokens_lot_sizes_and_plausible_prices():
 def test_search_finds_known_instruments_and_creates_a_full_symbol():
     engine = make()
     engine.instrument("NFO", OPT)
-    assert [i.tsym for i in engine.search("NFO", "NIFTY27MAR26")] == [OPT]
+    assert [i.tsym for i in engine.search("NFO", f"NIFTY{sym.expiry_code()}")] == [OPT]
     assert [i.tsym for i in engine.search("NSE", "M&M")] == ["M&M-EQ"]
-    assert [i.tsym for i in engine.search("NFO", "BANKNIFTY27MAR26C50000")] == ["BANKNIFTY27MAR26C50000"]
+    assert [i.tsym for i in engine.search("NFO", sym.option("BANKNIFTY", "C", 50000))] == [sym.option("BANKNIFTY", "C", 50000)]
     assert engine.search("NFO", "nothing") == []
 
 

@@ -33,8 +33,9 @@ from messages.orders import OrderSnapshot
 from runtime.noren.rest import NorenRestClient, SessionInfo
 from runtime.noren.ws import NorenWebSocket, Touch, TouchlineBook
 from tests.conftest import alert, paper_faults, paper_orders, set_ltp
+from tests.symbols import NIFTY_CE
 
-SYM = "NIFTY27MAR26C25700"
+SYM = NIFTY_CE
 TERMINAL = ("EXECUTED", "FAILED")
 
 

@@ -18,6 +18,7 @@ from messages.commands import BrokerOrderReport, RegisterAlert, SetBrokerOrderId
 from messages.orders import NewOrder, OrderSnapshot
 from storage.db import close_database, open_database
 from storage.models import Alert, ExternalOrder, Order, OrderEvent
+from tests.symbols import NIFTY_CE
 
 WRITES = ("BEGIN", "INSERT", "UPDATE", "DELETE", "REPLACE", "COMMIT")
 
@@ -48,7 +49,7 @@ def other(tmp_path, db):
 
 def leg(command_id: str, alert_id: str = "tv-1", **kw) -> NewOrder:
     data = dict(command_id=command_id, alert_id=alert_id, client_id="C1", source="webhook", strategy_name="S1",
-                execution_type="ENTRY", exchange="NFO", symbol="NIFTY27MAR26C25700", side="BUY", quantity=65,
+                execution_type="ENTRY", exchange="NFO", symbol=NIFTY_CE, side="BUY", quantity=65,
                 product="NRML", order_type="MARKET")
     data.update(kw)
     return NewOrder(**data)
@@ -67,7 +68,7 @@ def sent(store: OrderStore, command_id: str = "c1", bid: str | None = "B1") -> N
 
 def report(status="OPEN", filled=0, avg=None, remarks="c1", bid="B1", reason=None) -> BrokerOrderReport:
     return BrokerOrderReport(remarks=remarks, broker_order_id=bid, status=status, filled_qty=filled, avg_price=avg,
-                             reason=reason, origin="ws", exchange="NFO", symbol="NIFTY27MAR26C25700", side="BUY",
+                             reason=reason, origin="ws", exchange="NFO", symbol=NIFTY_CE, side="BUY",
                              quantity=65)
 
 
@@ -285,7 +286,7 @@ def test_an_external_order_is_recorded_once_and_then_kept_up_to_date(store):
     assert (first.matched, first.external, changes) == (False, True, [])
     seen = ExternalOrder.get(ExternalOrder.broker_order_id == "X9")
     assert (seen.remarks, seen.exchange, seen.symbol, seen.side, seen.quantity, seen.status, seen.filled_qty) == (
-        "someone else", "NFO", "NIFTY27MAR26C25700", "BUY", 65, "OPEN", 0)
+        "someone else", "NFO", NIFTY_CE, "BUY", 65, "OPEN", 0)
     again, _ = store.apply_broker_report(report("COMPLETE", filled=65, remarks="someone else", bid="X9"))
     assert (again.matched, again.external) == (False, False)
     now = ExternalOrder.get(ExternalOrder.broker_order_id == "X9")

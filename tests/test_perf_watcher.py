@@ -34,9 +34,10 @@ from storage import transitions as T
 from storage.db import close_database, open_database
 from storage.models import ExternalOrder, Order
 from tests.conftest import alert, paper_faults, set_ltp
+from tests.symbols import NIFTY_CE, NIFTY_PE
 
-SYM = "NIFTY27MAR26C25700"
-PUT = "NIFTY27MAR26P25700"
+SYM = NIFTY_CE
+PUT = NIFTY_PE
 NO_TICKS = 30.0  # a poll interval longer than any test: the watcher never ticks on its own
 FAR_BELOW = 1.0  # a BUY LIMIT at 1.0 rests OPEN (option prices on the paper exchange are ~50..500)
 

@@ -24,9 +24,11 @@ from messages.commands import BrokerOrderReport
 from runtime.noren.rest import NorenRestClient
 from storage.models import Alert, Order
 from tests.conftest import SECRET, alert, paper_faults, paper_orders, set_ltp
+from tests import symbols as sym
+from tests.symbols import NIFTY_CE, NIFTY_PE
 
-SYM = "NIFTY27MAR26C25700"
-PUT = "NIFTY27MAR26P25700"
+SYM = NIFTY_CE
+PUT = NIFTY_PE
 BAD = "BADSYM-EQ"
 TERMINAL = ("EXECUTED", "FAILED")
 FAR_BELOW = 1.0  # NIFTY option prices on the paper exchange are ~50..500: a BUY LIMIT at 1.0 rests
@@ -368,11 +370,11 @@ def test_four_leg_entry_with_an_invalid_leg_registers_atomically_and_sends_nothi
          "product_type": "NRML"},
         {"tradingsymbol": BAD, "direction": "BUY", "qty": 1, "order_type": "MARKET", "product_type": "CNC",
          "exchange": "NSE"},
-        {"tradingsymbol": "NIFTY27MAR26C25800", "direction": "BUY", "qty": 0, "order_type": "MARKET",
+        {"tradingsymbol": sym.option("NIFTY", "C", 25800), "direction": "BUY", "qty": 0, "order_type": "MARKET",
          "product_type": "NRML"},
     ]
     answer = accepted(system, alert(legs=legs, alert_id="four"))
-    assert [o["tradingsymbol"] for o in answer] == [SYM, PUT, BAD, "NIFTY27MAR26C25800"]
+    assert [o["tradingsymbol"] for o in answer] == [SYM, PUT, BAD, sym.option("NIFTY", "C", 25800)]
     assert answer[3]["status"] == "FAILED" and answer[3]["tag"] == "VALIDATION_FAILED:QTY_NOT_POSITIVE"
     assert [(o["status"], o["tag"]) for o in answer[:3]] == [("FAILED", "VALIDATION_FAILED:OTHER_LEG_BLOCKED")] * 3
 
@@ -540,7 +542,7 @@ def test_a_zero_qty_entry_leg_fails_validation_and_holds_the_other_legs(make_sys
     legs = [
         {"tradingsymbol": SYM, "direction": "BUY", "qty": 65, "order_type": "MARKET", "product_type": "NRML"},
         {"tradingsymbol": PUT, "direction": "BUY", "qty": 0, "order_type": "MARKET", "product_type": "NRML"},
-        {"tradingsymbol": "NIFTY27MAR26C25800", "direction": "BUY", "qty": 65, "order_type": "LIMIT",
+        {"tradingsymbol": sym.option("NIFTY", "C", 25800), "direction": "BUY", "qty": 65, "order_type": "LIMIT",
          "product_type": "NRML"},
     ]
     good, bad, no_price = accepted(system, alert(legs=legs, alert_id="zero"))

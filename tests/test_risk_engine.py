@@ -18,10 +18,12 @@ from runtime.noren.rest import NorenRestClient
 from storage.db import close_database, open_database
 from storage.models import RiskState
 from tests.conftest import SECRET, alert, paper_orders, set_ltp
+from tests import symbols as sym
+from tests.symbols import NIFTY_CE, NIFTY_PE
 
-SYM = "NIFTY27MAR26C25700"
-PUT = "NIFTY27MAR26P25700"
-FIN = "FINNIFTY27MAR26C24000"  # the paper exchange's FINNIFTY lot is 60; the built-in table says 65
+SYM = NIFTY_CE
+PUT = NIFTY_PE
+FIN = sym.option("FINNIFTY", "C", 24000)  # the paper exchange's FINNIFTY lot is 60; the built-in table says 65
 FAST = {"pnl_poll_interval_s": 0.2}
 TERMINAL = ("EXECUTED", "FAILED")
 
@@ -166,7 +168,7 @@ def test_max_open_positions_counts_the_book_and_entries_in_flight(make_system, p
 def test_entry_rate_per_alert_and_per_minute(make_system, paper):
     system = make_system(risk={"max_entries_per_second": 2, "max_entries_per_minute": 3})
     legs = [{"tradingsymbol": s, "direction": "BUY", "qty": 65, "order_type": "LIMIT", "price": 1.0}
-            for s in (SYM, PUT, "NIFTY27MAR26C26000")]
+            for s in (SYM, PUT, sym.option("NIFTY", "C", 26000))]
     status, body = system.inject_alert(alert(strategy="WIDE", alert_id="wide", legs=legs))
     assert status == 202
     tags = [system.wait_for_status(o["command_id"], TERMINAL)["tag"] for o in body["orders"]]

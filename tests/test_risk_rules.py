@@ -20,6 +20,8 @@ from actors.risk_rules import (
 )
 from messages.orders import OrderSnapshot
 from runtime.config import config_from_dict
+from tests import symbols as sym
+from tests.symbols import NIFTY_CE
 
 # 2026-03-02 is a Monday.
 MON, TUE, WED, THU, FRI, SAT, SUN = (date(2026, 3, d) for d in range(2, 9))
@@ -29,7 +31,7 @@ def at(day: date, hh: int = 10, mm: int = 0, ss: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hh, mm, ss, tzinfo=IST)
 
 
-def order(cid="c1", execution="ENTRY", symbol="NIFTY27MAR26C25700", exchange="NFO", qty=65, order_type="MARKET",
+def order(cid="c1", execution="ENTRY", symbol=NIFTY_CE, exchange="NFO", qty=65, order_type="MARKET",
           price=0.0, trigger=None, product="NRML", side="BUY", alert="a1") -> OrderSnapshot:
     stamp = "2026-03-02T04:00:00.000000+00:00"
     return OrderSnapshot(
@@ -39,7 +41,7 @@ def order(cid="c1", execution="ENTRY", symbol="NIFTY27MAR26C25700", exchange="NF
         broker_order_id=None, filled_qty=0, avg_price=None, created_at=stamp, updated_at=stamp)
 
 
-def row(pnl=0.0, urmtom=0.0, prd="M", exch="NFO", tsym="NIFTY27MAR26C25700", netqty=0, lp=None, ls=None) -> dict:
+def row(pnl=0.0, urmtom=0.0, prd="M", exch="NFO", tsym=NIFTY_CE, netqty=0, lp=None, ls=None) -> dict:
     return {"exch": exch, "tsym": tsym, "prd": prd, "netqty": netqty, "rpnl": pnl, "urmtom": urmtom, "lp": lp,
             "ls": ls}
 
@@ -278,7 +280,7 @@ def test_outside_the_window_entries_are_blocked_exits_pass():
     c = core(enforce_trading_hours=True)
     assert check(c, [order()], at(WED, 8, 0)) == {"c1": R.OUTSIDE_TRADING_HOURS}
     assert check(c, [order()], at(SAT, 11, 0)) == {"c1": R.OUTSIDE_TRADING_HOURS}
-    assert check(c, [order(exchange="MCX", symbol="CRUDEOIL19MAR26F")], at(WED, 20, 0)) == {}
+    assert check(c, [order(exchange="MCX", symbol=sym.future("CRUDEOIL"))], at(WED, 20, 0)) == {}
     assert check(c, [order(execution="EXIT")], at(WED, 8, 0)) == {}
 
 
@@ -342,8 +344,8 @@ def test_a_multi_leg_alert_over_the_rate_is_blocked_whole_and_consumes_nothing()
 # ---- lots and notional ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("exchange,symbol,lot", [
-    ("NFO", "NIFTY27MAR26C25700", 65), ("NFO", "BANKNIFTY27MAR26P52000", 30), ("NFO", "FINNIFTY27MAR26F", 60),
-    ("BFO", "SENSEX26MAR26C80000", 20), ("NFO", "RELIANCE27MAR26F", 1), ("NSE", "NIFTY", 1),
+    ("NFO", NIFTY_CE, 65), ("NFO", sym.option("BANKNIFTY", "P", 52000), 30), ("NFO", sym.future("FINNIFTY"), 60),
+    ("BFO", sym.option("SENSEX", "C", 80000), 20), ("NFO", sym.future("RELIANCE"), 1), ("NSE", "NIFTY", 1),
     ("NSE", "INFY-EQ", 1),
 ])
 def test_lot_size_fallback_table(exchange, symbol, lot):

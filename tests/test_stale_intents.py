@@ -8,11 +8,12 @@ from messages.commands import RegisterAlert
 from messages.orders import NewOrder
 from storage.db import close_database, open_database
 from storage.models import Order
+from tests.symbols import NIFTY_CE
 
 
 def _leg(command_id: str, alert_id: str, execution_type: str) -> NewOrder:
     return NewOrder(command_id=command_id, alert_id=alert_id, client_id="paper", source="webhook",
-                    strategy_name="S1", execution_type=execution_type, exchange="NFO", symbol="NIFTY27MAR26C25700",
+                    strategy_name="S1", execution_type=execution_type, exchange="NFO", symbol=NIFTY_CE,
                     side="BUY", quantity=65, product="NRML", order_type="MARKET")
 
 

@@ -18,6 +18,7 @@ from messages.commands import (
 from messages.orders import NewOrder
 from storage.db import close_database, open_database
 from storage.models import Alert, Order, OrderEvent
+from tests.symbols import NIFTY_CE, NIFTY_PE
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def store(tmp_path):
         close_database(db)
 
 
-def leg(command_id: str, alert_id: str = "tv-1", symbol: str = "NIFTY27MAR26C25700", status: str = "CREATED",
+def leg(command_id: str, alert_id: str = "tv-1", symbol: str = NIFTY_CE, status: str = "CREATED",
         tag: str | None = None, qty: int = 65, index: int = 0, execution: str = "ENTRY") -> NewOrder:
     return NewOrder(command_id=command_id, alert_id=alert_id, client_id="C1", source="webhook",
                     strategy_name="S1", execution_type=execution, exchange="NFO", symbol=symbol, side="BUY",
@@ -72,11 +73,11 @@ def sent(store: OrderStore, command_id: str = "c1", bid: str | None = None) -> N
 # ---- register_alert ---------------------------------------------------------------------------------
 
 def test_register_inserts_every_leg_one_event_each_and_one_alert_row(store):
-    result, changes = register(store, "tv-1", leg("c1", index=0), leg("c2", symbol="NIFTY27MAR26P25700", index=1))
+    result, changes = register(store, "tv-1", leg("c1", index=0), leg("c2", symbol=NIFTY_PE, index=1))
     assert not result.duplicate and result.http_status == 202
     assert result.response == {"alert_id": "tv-1", "orders": [
-        {"command_id": "c1", "tradingsymbol": "NIFTY27MAR26C25700", "status": "CREATED", "tag": None},
-        {"command_id": "c2", "tradingsymbol": "NIFTY27MAR26P25700", "status": "CREATED", "tag": None},
+        {"command_id": "c1", "tradingsymbol": NIFTY_CE, "status": "CREATED", "tag": None},
+        {"command_id": "c2", "tradingsymbol": NIFTY_PE, "status": "CREATED", "tag": None},
     ]}
     assert Order.select().count() == 2
     for cid in ("c1", "c2"):

@@ -3,6 +3,10 @@
     with PaperExchange(PaperConfig(fill_delay_ms=10), port=0) as exchange:
         api = NorenApi(host=exchange.rest_url, websocket=exchange.ws_url)
 
+State (orders, positions, cash, order numbers) is kept in `state_path`: `[paper] state_file` if set, else the
+`default_state_file` the starter passes (`oms run`: "<data_dir>/paper_state.json"; `serve_forever`, i.e.
+`oms paper`: "./paper_state.json"); none when `[paper] persist = false` or nothing is given (tests).
+
 `PaperExchange.start()` runs the server on its own asyncio loop in a daemon thread and returns once it is
 listening; `serve_forever()` is the blocking form for `oms paper`. Control routes (`/paper/...`) drive
 prices and faults; the helper methods below call the same code in-process.
@@ -14,6 +18,7 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from loguru import logger
@@ -21,8 +26,11 @@ from loguru import logger
 from runtime.config import PaperConfig
 from runtime.paper.engine import Engine, OrderError, om_message
 from runtime.paper.server import PaperServer, parse_body
+from runtime.paper.state import PaperStateError
 
-__all__ = ["Engine", "OrderError", "PaperExchange", "PaperServer", "om_message", "parse_body"]
+__all__ = ["Engine", "OrderError", "PaperExchange", "PaperServer", "PaperStateError", "om_message", "parse_body"]
+
+DEFAULT_STATE_FILE = "paper_state.json"
 
 _START_TIMEOUT_S = 10.0
 
@@ -37,14 +45,24 @@ class PaperExchange:
         host: str | None = None,
         port: int | None = None,
         seed: int | None = None,
+        default_state_file: str | Path | None = None,
     ) -> None:
         overrides = {name: value for name, value in (("host", host), ("port", port), ("seed", seed)) if value is not None}
         self.config = (config or PaperConfig()).model_copy(update=overrides)
+        self._default_state_file = default_state_file
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: PaperServer | None = None
         self._port: int | None = None
+
+    @property
+    def state_path(self) -> Path | None:
+        """The state file in use (absolute), or None when nothing is persisted."""
+        if not self.config.persist:
+            return None
+        chosen = self.config.state_file or self._default_state_file
+        return Path(chosen).absolute() if chosen else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -70,7 +88,7 @@ class PaperExchange:
         asyncio.set_event_loop(loop)
         server = None
         try:
-            server = PaperServer(self.config)
+            server = PaperServer(self.config, self.state_path)
             self._port = loop.run_until_complete(server.start(self.config.host, self.config.port))
         except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
             failure.append(exc)
@@ -109,9 +127,16 @@ class PaperExchange:
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, lambda *_: done.set())
+        if self._default_state_file is None:
+            self._default_state_file = DEFAULT_STATE_FILE  # `oms paper`: the current directory
         try:
-            self.start()
-            logger.info("paper exchange serving REST {} and WS {}", self.rest_url, self.ws_url)
+            try:
+                self.start()
+            except PaperStateError as exc:
+                logger.error("{}", exc)
+                raise SystemExit(2) from None  # a refused start: one readable line, exit 2
+            logger.info("paper exchange serving REST {} and WS {} (state: {})", self.rest_url, self.ws_url,
+                        self.state_path or "not persisted")
             thread = self._thread
             while not done.is_set() and thread is not None and thread.is_alive():
                 done.wait(0.5)

@@ -16,13 +16,15 @@ applied); both appear in `all_orders()` (GET /paper/orders) and nowhere in the b
 
 from __future__ import annotations
 
+import calendar
 import heapq
 import random
 import re
 import time
 import zlib
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, timedelta, timezone
 
 from runtime.config import PaperConfig
 
@@ -42,10 +44,18 @@ TICK = 0.05
 NOT_FOUND = "Rejected : ORA:Order not found"
 NOT_FOUND_CANCEL = "Rejected : ORA:Order not found to Cancel"
 
-# Derivative symbols: NAME + DDMMMYY + (C|P + strike | F), e.g. NIFTY27MAR26C25700, NIFTY27MAR26F.
+# Derivative symbols: NAME + DDMMMYY + (C|P + strike | F), e.g. NIFTY29DEC26C25700, NIFTY29DEC26F.
 _DERIVATIVE = re.compile(r"^(?P<name>.+?)(?P<expiry>\d{2}[A-Z]{3}\d{2})(?:(?P<opt>[CP])(?P<strike>\d+(?:\.\d+)?)|F)$")
+# BSE monthly style: NAME + YY + MMM + strike + CE|PE, e.g. SENSEX26DEC80000CE (expires within that month).
+_BSE_MONTHLY = re.compile(r"^(?P<name>[A-Z]+?)(?P<yy>\d{2})(?P<mon>[A-Z]{3})(?P<strike>\d+(?:\.\d+)?)(?P<opt>CE|PE)$")
+# Cash symbols: NSE needs a series (INFY-EQ, M&M-EQ); BSE has none.
+_NSE_EQUITY = re.compile(r"^[A-Z0-9&][A-Z0-9&._-]*-[A-Z0-9]{1,2}$")
+_BSE_EQUITY = re.compile(r"^[A-Z0-9&][A-Z0-9&._-]*$")
+_MONTHS = {name.upper(): number for number, name in enumerate(calendar.month_abbr) if name}
 
-# Underlying -> (lot size, freeze quantity). Other derivatives: lot 25, freeze 20 lots.
+# Underlying -> (lot size, freeze quantity), per derivative exchange: the paper exchange's instrument universe.
+# A derivative on any other underlying is refused like an unknown scrip. Index figures are the exchange's;
+# stock derivatives all get lot 25 / freeze 500 (a paper simplification), MCX and CDS trade in lots (ls 1).
 _CONTRACTS = {
     "NIFTY": (65, 1800),
     "BANKNIFTY": (30, 900),
@@ -55,6 +65,23 @@ _CONTRACTS = {
     "SENSEX": (20, 1000),
     "BANKEX": (30, 900),
 }
+_STOCK_UNDERLYINGS = frozenset("""
+    AXISBANK BAJAJ-AUTO BAJFINANCE BHARTIARTL BPCL CIPLA COALINDIA DRREDDY EICHERMOT GRASIM HCLTECH HDFCBANK
+    HDFCLIFE HEROMOTOCO HINDALCO HINDUNILVR ICICIBANK INDUSINDBK INFY ITC JSWSTEEL KOTAKBANK LT M&M MARUTI
+    NESTLEIND NTPC ONGC POWERGRID RELIANCE SBILIFE SBIN SUNPHARMA TATACONSUM TATAMOTORS TATASTEEL TCS TECHM
+    TITAN ULTRACEMCO UPL WIPRO ADANIENT ADANIPORTS APOLLOHOSP ASIANPAINT BRITANNIA DIVISLAB
+""".split())
+_UNDERLYINGS = {
+    "NFO": {"NIFTY", "BANKNIFTY", "FINNIFTY", "MIDCPNIFTY", "NIFTYNXT50"} | _STOCK_UNDERLYINGS,
+    "BFO": {"SENSEX", "BANKEX"},
+    "MCX": {"CRUDEOIL", "CRUDEOILM", "GOLD", "GOLDM", "SILVER", "SILVERM", "NATURALGAS", "COPPER", "ZINC"},
+    "CDS": {"USDINR", "EURINR", "GBPINR", "JPYINR"},
+}
+_LOT_IN_LOTS = ("MCX", "CDS")
+
+STATE_FORMAT = 1
+# Order numbers / fill ids reserved in the state file ahead of use (skipped after a crash: 8 digits last long).
+RESERVE_BLOCK = 10000
 _DEFAULT_LOT = 25
 _CASH_FREEZE = 100000
 
@@ -72,6 +99,67 @@ _INDICES = (
 
 class OrderError(Exception):
     """A modify/cancel the exchange refuses outright: the REST reply is Not_Ok with this emsg."""
+
+
+class SymbolError(ValueError):
+    """A trading symbol the exchange does not know (malformed, unknown underlying)."""
+
+
+def ist_date(now: float) -> date:
+    return datetime.fromtimestamp(now, IST).date()
+
+
+def _expiry_date(text: str) -> date | None:
+    """DDMMMYY -> date; None when it is not a calendar date (32FOO26, 30FEB26)."""
+    month = _MONTHS.get(text[2:5])
+    if month is None:
+        return None
+    try:
+        return date(2000 + int(text[5:7]), month, int(text[0:2]))
+    except ValueError:
+        return None
+
+
+def _without_expiry(tsym: str) -> str:
+    """NIFTY29DEC26C25700 -> NIFTYC25700, SENSEX26DEC80000CE -> SENSEX80000CE."""
+    match = _DERIVATIVE.match(tsym)
+    if match:
+        return tsym[:match.start("expiry")] + tsym[match.end("expiry"):]
+    match = _BSE_MONTHLY.match(tsym)
+    return match.group("name") + match.group("strike") + match.group("opt") if match else tsym
+
+
+def parse_symbol(exch: str, tsym: str) -> tuple[str, str, date | None]:
+    """(kind, underlying, expiry) of a symbol the paper exchange would list on `exch`; SymbolError otherwise.
+
+    Expiry is not checked against today here: a contract that has expired is still a known symbol
+    (its orders are refused by `Engine.place`)."""
+    if exch in CASH_EXCHANGES:
+        pattern = _NSE_EQUITY if exch == "NSE" else _BSE_EQUITY
+        if not pattern.match(tsym):
+            raise SymbolError(f"Invalid Trading Symbol : {tsym}")
+        name = tsym.rsplit("-", 1)[0] if exch == "NSE" else tsym
+        return ("INDEX" if name in _CONTRACTS else "EQUITY"), name, None
+    match = _DERIVATIVE.match(tsym)
+    if match:
+        name, expiry = match.group("name"), _expiry_date(match.group("expiry"))
+        if expiry is None:
+            raise SymbolError(f"Invalid Trading Symbol : {tsym} (expiry {match.group('expiry')} is not a date)")
+        strike = match.group("strike")
+        kind = "OPTION" if match.group("opt") else "FUTURE"
+    else:
+        match = _BSE_MONTHLY.match(tsym) if exch == "BFO" else None
+        month = _MONTHS.get(match.group("mon")) if match else None
+        if month is None:
+            raise SymbolError(f"Invalid Trading Symbol : {tsym}")
+        name, strike, kind = match.group("name"), match.group("strike"), "OPTION"
+        year = 2000 + int(match.group("yy"))
+        expiry = date(year, month, calendar.monthrange(year, month)[1])
+    if strike is not None and not float(strike) > 0:
+        raise SymbolError(f"Invalid Trading Symbol : {tsym} (strike must be positive)")
+    if name not in _UNDERLYINGS.get(exch, ()):
+        raise SymbolError(f"Invalid Trading Symbol : {tsym} (unknown underlying {name} on {exch})")
+    return kind, name, expiry
 
 
 def to_tick(price: float, tick: float = TICK) -> float:
@@ -127,6 +215,7 @@ class Instrument:
     ti: float
     frzqty: int
     rng: random.Random
+    expiry: date | None = None  # derivatives: the last trading day
     lp: float = 0.0
     o: float = 0.0
     h: float = 0.0
@@ -150,7 +239,8 @@ class Instrument:
             "l": money(self.l),
             "c": money(self.c),
             "uc": money(to_tick(self.c * 1.2, self.ti)),
-            "lc": money(max(self.ti, to_tick(self.c * 0.8, self.ti))),
+            # Options trade down to one tick (as on NSE); other instruments have a 20 % band both ways.
+            "lc": money(self.ti if self.kind == "OPTION" else max(self.ti, to_tick(self.c * 0.8, self.ti))),
             "ti": money(self.ti),
             "ls": str(self.ls),
             "pp": "2",
@@ -285,6 +375,13 @@ class Position:
     sellqty: int = 0
     sellamt: float = 0.0
     rpnl: float = 0.0
+    cfqty: int = 0  # carried forward from earlier days (signed)
+
+    def carry(self) -> None:
+        """A new day: the net position becomes the carried-forward quantity; day figures start at zero."""
+        self.cfqty = self.netqty
+        self.buyqty = self.sellqty = 0
+        self.buyamt = self.sellamt = self.rpnl = 0.0
 
     def apply(self, signed_qty: int, price: float) -> None:
         """Average-cost accounting: an opening trade moves the average, a closing one realises PnL."""
@@ -328,8 +425,8 @@ class Position:
             "daysellamt": money(self.sellamt),
             "daybuyavgprc": money(self.buyamt / self.buyqty if self.buyqty else 0.0),
             "daysellavgprc": money(self.sellamt / self.sellqty if self.sellqty else 0.0),
-            "cfbuyqty": "0",
-            "cfsellqty": "0",
+            "cfbuyqty": str(max(self.cfqty, 0)),
+            "cfsellqty": str(max(-self.cfqty, 0)),
             "lp": money(lp),
             "rpnl": money(self.rpnl),
             "urmtom": money(self.urmtom(lp)),
@@ -344,9 +441,16 @@ class Position:
 @dataclass
 class Account:
     uid: str
+    cash: float = 0.0
     orders: dict[str, Order] = field(default_factory=dict)  # insertion order = entry order
     trades: list[dict] = field(default_factory=list)
     positions: dict[tuple[str, str, str], Position] = field(default_factory=dict)
+
+
+# What a snapshot keeps of an order / position (history is rebuilt as one row; bench stamps are not kept).
+_ORDER_FIELDS = tuple(f.name for f in fields(Order) if f.name not in ("due", "history", "arrived_mono", "filled_mono"))
+_POSITION_FIELDS = tuple(f.name for f in fields(Position))
+_LAST_REPORT = {OPEN: "New", TRIGGER_PENDING: "New", COMPLETE: "Fill", REJECTED: "Rejected", CANCELED: "Canceled"}
 
 
 class Engine:
@@ -364,8 +468,15 @@ class Engine:
         self._active: dict[tuple[str, str], dict[str, Order]] = {}  # live orders per instrument
         self._due: list[tuple[float, int, str]] = []  # heap of (due, seq, norenordno); stale entries skipped
         self._changed: dict[tuple[str, str], Instrument] = {}
-        self._order_seq = 0
-        self._fill_seq = 0
+        self._seq = {"order": 0, "fill": 0}
+        # Numbers up to `_limit` are durably reserved (in the state file); only enforced once `reserve` is set.
+        self._limit = {"order": 0, "fill": 0}
+        # Set by the server when state is persisted: writes a snapshot (which reserves RESERVE_BLOCK numbers
+        # ahead) and commits it. Called before a number beyond the reservation is used, so a crash never
+        # makes an order number (or fill id) repeat.
+        self.reserve: Callable[[], None] | None = None
+        self.dirty = False  # state changed since the last snapshot
+        self._day: date | None = None  # the IST trading day the books belong to
         self._heap_seq = 0
         self.mono = time.monotonic  # the clock of the bench timestamps (shared by processes on Linux)
         for exch, tsym, token, underlying in _INDICES:
@@ -374,19 +485,31 @@ class Engine:
     # ---------------------------------------------------------------- instruments
 
     def instrument(self, exch: str, tsym: str) -> Instrument:
-        """The instrument, created on first use with a stable token and a seeded initial price."""
+        """The instrument, created on first use with a stable token and a seeded initial price.
+        Raises SymbolError for a symbol the exchange would not list (see parse_symbol)."""
         found = self._instruments.get((exch, tsym))
         if found is not None:
             return found
-        match = _DERIVATIVE.match(tsym)
-        if match:
-            kind = "OPTION" if match.group("opt") else "FUTURE"
-            return self._create(exch, tsym, kind=kind, underlying=match.group("name"))
-        name = tsym.split("-")[0]
-        kind = "INDEX" if exch in CASH_EXCHANGES and name.upper() in _CONTRACTS else "EQUITY"
-        return self._create(exch, tsym, kind=kind, underlying=name)
+        if exch not in EXCHANGES:
+            raise SymbolError(f"Invalid Exchange : {exch or 'missing'}")
+        kind, underlying, expiry = parse_symbol(exch, tsym)
+        return self._create(exch, tsym, kind=kind, underlying=underlying, expiry=expiry)
 
-    def _create(self, exch: str, tsym: str, *, kind: str, underlying: str, token: str | None = None) -> Instrument:
+    def listed(self, exch: str, tsym: str, now: float) -> Instrument:
+        """The instrument if the exchange lists it on `now`'s IST day; SymbolError (malformed, unknown underlying,
+        expired) otherwise. An expired contract is never created."""
+        inst = self._instruments.get((exch, tsym))
+        expiry = inst.expiry if inst is not None else None
+        if inst is None:
+            if exch not in EXCHANGES:
+                raise SymbolError(f"Invalid Exchange : {exch or 'missing'}")
+            expiry = parse_symbol(exch, tsym)[2]
+        if expiry is not None and expiry < ist_date(now):
+            raise SymbolError(f"Invalid Trading Symbol : {tsym} expired on {expiry:%d-%m-%Y}")
+        return inst or self.instrument(exch, tsym)
+
+    def _create(self, exch: str, tsym: str, *, kind: str, underlying: str, token: str | None = None,
+                expiry: date | None = None) -> Instrument:
         if token is None:
             number = zlib.crc32(f"{exch}|{tsym}".encode()) % 900000 + 100000
             while (exch, str(number)) in self._by_token:  # a crc collision: probe (rare)
@@ -396,7 +519,11 @@ class Engine:
         lot, freeze = _CONTRACTS.get(underlying, (_DEFAULT_LOT, _DEFAULT_LOT * 20))
         if not derivative:
             lot, freeze = 1, _CASH_FREEZE
-        rng = random.Random(f"{self.seed}|{exch}|{tsym}")
+        elif exch in _LOT_IN_LOTS:
+            lot, freeze = 1, _CASH_FREEZE
+        # Seeded by the symbol without its expiry: a strike starts at the same price whatever the month, so
+        # runs (and tests) do not change behaviour as the calendar moves.
+        rng = random.Random(f"{self.seed}|{exch}|{_without_expiry(tsym) if expiry else tsym}")
         if kind == "OPTION":
             low, high = 50.0, 500.0
         elif kind in ("FUTURE", "INDEX"):
@@ -404,7 +531,8 @@ class Engine:
         else:
             low, high = 100.0, 3000.0
         price = to_tick(rng.uniform(low, high))
-        inst = Instrument(exch, tsym, token, kind, underlying, lot, TICK, freeze, rng, price, price, price, price, price)
+        inst = Instrument(exch, tsym, token, kind, underlying, lot, TICK, freeze, rng, expiry,
+                          price, price, price, price, price)
         self._instruments[(exch, tsym)] = inst
         self._by_token[(exch, token)] = inst
         return inst
@@ -412,19 +540,23 @@ class Engine:
     def find_token(self, exch: str, token: str) -> Instrument | None:
         return self._by_token.get((exch, str(token)))
 
-    def search(self, exch: str, text: str) -> list[Instrument]:
-        """Known instruments of `exch` whose symbol contains `text`; an unknown full symbol is created."""
+    def search(self, exch: str, text: str, now: float | None = None) -> list[Instrument]:
+        """Known instruments of `exch` whose symbol contains `text`; an unknown full symbol that the exchange
+        would list (and, given `now`, that has not expired) is created."""
         needle = text.strip().upper()
         if not needle:
             return []
-        found = [i for i in self._instruments.values() if i.exch == exch and needle in i.tsym.upper()]
+        today = ist_date(now) if now is not None else None
+        found = [i for i in self._instruments.values() if i.exch == exch and needle in i.tsym.upper()
+                 and not (today and i.expiry and i.expiry < today)]  # an expired contract is no longer listed
         if found or exch not in EXCHANGES:
             return found
-        if exch in CASH_EXCHANGES:
-            return [self.instrument(exch, needle if exch == "BSE" or "-" in needle else f"{needle}-EQ")]
-        if _DERIVATIVE.match(needle):
-            return [self.instrument(exch, needle)]
-        return []
+        if exch == "NSE" and "-" not in needle:
+            needle = f"{needle}-EQ"
+        try:
+            return [self.listed(exch, needle, now) if now is not None else self.instrument(exch, needle)]
+        except SymbolError:
+            return []
 
     def drain_changed(self) -> list[Instrument]:
         """Instruments whose quote (lp, volume) changed since the last call."""
@@ -436,6 +568,7 @@ class Engine:
         """Set a last price (pins it against the random walk unless `walk`) and match at once."""
         inst = self.instrument(exch, tsym)
         inst.pinned = not walk
+        self.dirty = True
         self._move(inst, to_tick(max(float(lp), inst.ti), inst.ti))
         reports: list[dict] = []
         self._on_price(inst, now, reports)
@@ -464,26 +597,145 @@ class Engine:
         inst.l = min(inst.l, price)
         self._changed[(inst.exch, inst.tsym)] = inst
 
+    # ---------------------------------------------------------------- numbering, days, persistence
+
+    def _take(self, name: str) -> int:
+        """The next order number / fill id, never one that a restart could hand out again."""
+        number = self._seq[name] + 1
+        if self.reserve is not None and number > self._limit[name]:
+            self.reserve()  # raises if the reservation cannot be written: nothing has been mutated yet
+            if number > self._limit[name]:
+                raise RuntimeError(f"paper exchange: no {name} numbers reserved")
+        self._seq[name] = number
+        self.dirty = True
+        return number
+
+    def roll(self, now: float) -> list[dict]:
+        """Start a new IST trading day when `now` is past the current one: open orders are cancelled (their
+        Canceled reports are returned), order and trade books start empty, open positions carry forward
+        (cfbuyqty / cfsellqty) with day quantities and realised PnL reset (the day's PnL settles into cash)."""
+        today = ist_date(now)
+        if self._day is None:
+            self._day = today
+            self.dirty = True
+            return []
+        if today <= self._day:
+            return []
+        reports: list[dict] = []
+        for order in list(self._orders.values()):
+            if order.status not in TERMINAL:
+                self._finish_cancel(order, now, reports)
+        self._orders.clear()
+        self._active.clear()
+        self._due.clear()
+        for account in self._accounts.values():
+            account.orders.clear()
+            account.trades.clear()
+            for key, position in list(account.positions.items()):
+                account.cash += position.rpnl
+                if position.netqty == 0:
+                    del account.positions[key]
+                else:
+                    position.carry()
+        for inst in self._instruments.values():
+            inst.c = inst.o = inst.h = inst.l = inst.lp
+            inst.v = 0
+        self._day = today
+        self.dirty = True
+        return reports
+
+    def snapshot(self) -> dict:
+        """Everything a restart needs, as JSON-able data. Reserves RESERVE_BLOCK numbers ahead of use:
+        call `commit(snapshot)` once it is durably written."""
+        return {
+            "format": STATE_FORMAT,
+            "day": self._day.isoformat() if self._day else None,
+            "reserved": {name: seq + RESERVE_BLOCK for name, seq in self._seq.items()},
+            "instruments": [
+                [i.exch, i.tsym, i.token, i.lp, i.o, i.h, i.l, i.c, i.v, i.pinned] for i in self._instruments.values()
+            ],
+            "accounts": {
+                uid: {
+                    "cash": account.cash,
+                    "orders": [{name: getattr(order, name) for name in _ORDER_FIELDS} for order in account.orders.values()],
+                    "trades": account.trades,
+                    "positions": [{name: getattr(p, name) for name in _POSITION_FIELDS} for p in account.positions.values()],
+                }
+                for uid, account in self._accounts.items()
+            },
+        }
+
+    def commit(self, snapshot: dict) -> None:
+        """The snapshot is on disk: its reservation may be used, and nothing newer is unsaved unless changed since."""
+        for name, limit in snapshot["reserved"].items():
+            self._limit[name] = max(self._limit[name], limit)
+
+    def restore(self, state: dict, now: float) -> list[dict]:
+        """Load a snapshot into a fresh engine (KeyError / TypeError / ValueError if it is malformed), then roll
+        to `now`'s day. Numbering resumes after the saved reservation: numbers reserved but perhaps used
+        before a crash are skipped."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"unknown state format {state.get('format')!r}")
+        self._day = date.fromisoformat(state["day"]) if state.get("day") else None
+        for name in self._seq:
+            self._seq[name] = self._limit[name] = int(state["reserved"][name])
+        for exch, tsym, token, lp, o, h, l, c, v, pinned in state["instruments"]:  # noqa: E741
+            inst = self._instruments.get((exch, tsym))
+            if inst is None:
+                try:
+                    kind, underlying, expiry = parse_symbol(exch, tsym)
+                except SymbolError:
+                    continue  # no longer in the universe
+                inst = self._create(exch, tsym, kind=kind, underlying=underlying, token=token, expiry=expiry)
+            inst.lp, inst.o, inst.h, inst.l, inst.c, inst.v, inst.pinned = (
+                float(lp), float(o), float(h), float(l), float(c), int(v), bool(pinned))
+        for uid, saved in state["accounts"].items():
+            account = self.account(uid)
+            account.cash = float(saved["cash"])
+            for fields_ in saved["orders"]:
+                order = Order(**fields_)
+                order.history = [{**order.row(), "rpt": _LAST_REPORT.get(order.status, "New")}]
+                self._orders[order.norenordno] = order
+                account.orders[order.norenordno] = order
+                if order.status not in TERMINAL and (order.exch, order.tsym) in self._instruments:
+                    self._active.setdefault((order.exch, order.tsym), {})[order.norenordno] = order
+            account.trades = list(saved["trades"])
+            for fields_ in saved["positions"]:
+                position = Position(**fields_)
+                account.positions[(position.exch, position.tsym, position.prd)] = position
+        reports: list[dict] = []
+        for live in self._active.values():
+            for order in list(live.values()):
+                self._evaluate(order, now, reports)  # resting orders match again from now on
+        self.dirty = False
+        return reports + self.roll(now)
+
     # ---------------------------------------------------------------- orders
 
     def account(self, uid: str) -> Account:
         found = self._accounts.get(uid)
         if found is None:
-            found = self._accounts[uid] = Account(uid)
+            found = self._accounts[uid] = Account(uid, cash=self.config.cash)
+            self.dirty = True
         return found
 
     def place(self, uid: str, data: dict, now: float) -> tuple[Order, list[dict]]:
         """PlaceOrder: always creates an order (REJECTED with a reason when the input is invalid)."""
         exch = as_text(data.get("exch")).upper()
         tsym = as_text(data.get("tsym"))
-        inst = self.instrument(exch, tsym) if exch in EXCHANGES and tsym else None
+        inst, symbol_error = None, ""
+        if exch in EXCHANGES and tsym:
+            try:
+                inst = self.listed(exch, tsym, now)
+            except SymbolError as exc:
+                symbol_error = str(exc)
         qty = _quantity(data.get("qty"))
         prctyp = as_text(data.get("prctyp")).upper()
         remarks = data.get("remarks")
-        self._order_seq += 1
+        seq = self._take("order")
         day = datetime.fromtimestamp(now, IST).strftime("%y%m%d")
         order = Order(
-            norenordno=f"{day}{self._order_seq:08d}",
+            norenordno=f"{day}{seq:08d}",
             uid=uid,
             exch=exch,
             tsym=tsym,
@@ -505,7 +757,7 @@ class Engine:
         self._orders[order.norenordno] = order
         self.account(uid).orders[order.norenordno] = order
         reports = [self._report(order, "NewAck", now)]
-        reason = self._validate(order, inst, qty, data)
+        reason = self._validate(order, inst, qty, data) or symbol_error
         if reason:
             order.status = REJECTED
             order.rejreason = reason
@@ -513,7 +765,7 @@ class Engine:
             reports.append(self._report(order, "Rejected", now))
             return order, reports
         reports.append(self._report(order, "PendingNew", now))
-        order.exchordid = f"{1100000000000000 + self._order_seq}"
+        order.exchordid = f"{1100000000000000 + seq}"
         self._active.setdefault((exch, tsym), {})[order.norenordno] = order
         if order.is_sl and not self._triggered(order, inst.lp):
             order.status = TRIGGER_PENDING
@@ -679,7 +931,11 @@ class Engine:
             _, _, number = heapq.heappop(self._due)
             order = self._orders[number]
             order.due = None
-            self._fill(order, now, reports)
+            try:
+                self._fill(order, now, reports)
+            except Exception:
+                self._schedule(order, now + self._delay)  # no fill id could be reserved: try again later
+                raise
         return reports
 
     def _fill(self, order: Order, now: float, reports: list[dict]) -> None:
@@ -688,6 +944,7 @@ class Engine:
             if order.ret == "IOC":
                 self._finish_cancel(order, now, reports)
             return  # rests until the price crosses again
+        flid = str(self._take("fill"))  # first: it may fail (reservation), before anything is changed
         qty = min(order.remaining, self.config.fill_slice_qty)
         price = inst.lp
         order.fillshares += qty
@@ -696,8 +953,7 @@ class Engine:
             order.status = COMPLETE
             order.filled_mono = self.mono()
             self._retire(order)
-        self._fill_seq += 1
-        fill = {"flid": str(self._fill_seq), "fltm": exch_tm(now), "flqty": str(qty), "flprc": money(price)}
+        fill = {"flid": flid, "fltm": exch_tm(now), "flqty": str(qty), "flprc": money(price)}
         report = self._report(order, "Fill", now, fill)
         reports.append(report)
         self.account(order.uid).trades.append(report)
@@ -712,6 +968,7 @@ class Engine:
             self._schedule(order, now + self._delay)
 
     def _report(self, order: Order, rpt: str, now: float, fill: dict | None = None) -> dict:
+        self.dirty = True
         order.updated = now
         report = order.row()
         report["rpt"] = rpt
@@ -752,7 +1009,7 @@ class Engine:
             "stat": "Ok",
             "actid": uid,
             "prfname": "PAPER",
-            "cash": money(self.config.cash),
+            "cash": money(self.account(uid).cash),
             "payin": "0.00",
             "payout": "0.00",
             "brkcollamt": "0.00",

@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote_plus
 
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -22,6 +23,7 @@ from loguru import logger
 
 from runtime.config import PaperConfig
 from runtime.paper.engine import Engine, OrderError, as_text, norentm, om_message
+from runtime.paper.state import PaperStateError, load_state, save_state
 
 NO_DATA = 'Error Occurred : 5 "no data"'
 SESSION_EXPIRED = "Session Expired :  Invalid Session Key"
@@ -109,9 +111,23 @@ class Client:
 class PaperServer:
     """The exchange on one event loop. Construct, `await start()`, `await stop()` on the same loop."""
 
-    def __init__(self, config: PaperConfig) -> None:
+    def __init__(self, config: PaperConfig, state_path: Path | None = None) -> None:
         self.config = config
         self.engine = Engine(config)
+        self.state_path = state_path
+        self._next_save = 0.0  # time.time() before which a changed state is not written again
+        self._save_failing = False
+        if state_path is not None:
+            state = load_state(state_path)
+            if state is not None:
+                try:
+                    self.engine.restore(state, time.time())  # no socket yet: roll-over reports go nowhere
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    raise PaperStateError(f"paper state file {state_path} is malformed ({exc!r}); move it away "
+                                          "to start afresh (order numbers would then start again)") from None
+                logger.info("paper exchange state loaded from {} ({} orders today)", state_path,
+                            len(self.engine.all_orders()))
+            self.engine.reserve = self.save_now
         self.faults = Faults()
         self.sessions: dict[str, Session] = {}
         self.clients: set[Client] = set()
@@ -143,6 +159,12 @@ class PaperServer:
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port."""
+        if self.state_path is not None:
+            try:
+                self.save_now()  # fail at start, not at the first order, when the file cannot be written
+            except OSError as exc:
+                raise PaperStateError(f"paper state file {self.state_path} cannot be written: "
+                                      f"{exc.strerror or exc}") from None
         app = web.Application(client_max_size=1 << 20)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
@@ -162,6 +184,11 @@ class PaperServer:
         await self._close_clients(list(self.clients), WSCloseCode.GOING_AWAY, b"paper exchange stopping")
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.state_path is not None and self.engine.dirty:
+            try:
+                self.save_now()
+            except OSError as exc:
+                logger.error("paper exchange: final save to {} failed: {}", self.state_path, exc)
         logger.info("paper exchange stopped")
 
     async def _run_clock(self) -> None:
@@ -170,7 +197,7 @@ class PaperServer:
         while not self._stopping.is_set():
             now = time.time()
             try:
-                reports = self.engine.step(now)
+                reports = self.engine.roll(now) + self.engine.step(now)
                 if now >= next_tick:
                     reports += self.engine.tick(now)
                     next_tick += interval
@@ -179,13 +206,44 @@ class PaperServer:
                 self._publish(reports)
             except Exception:  # noqa: BLE001 - the clock must survive a bug in one step
                 logger.exception("paper exchange clock step failed")
+            self._maybe_save()
             self._wake.clear()  # _publish sets it for calls from handlers; the clock has just caught up
             due = self.engine.next_due()
             wake_at = next_tick if due is None else min(due, next_tick)
+            if self.state_path is not None and self.engine.dirty:
+                wake_at = min(wake_at, self._next_save)
             try:
                 await asyncio.wait_for(self._wake.wait(), max(0.0, wake_at - time.time()))
             except TimeoutError:
                 pass
+
+    # ------------------------------------------------------------------ persistence
+
+    def save_now(self) -> None:
+        """Write the whole state (atomically) and commit its order-number reservation. Raises OSError."""
+        started = time.time()
+        snapshot = self.engine.snapshot()
+        save_state(self.state_path, snapshot)
+        self.engine.commit(snapshot)
+        self.engine.dirty = False
+        ended = time.time()
+        # A big book costs more to write: keep saving to a small fraction of the exchange's time.
+        self._next_save = ended + max(self.config.save_interval_ms / 1000.0, 20 * (ended - started))
+
+    def _maybe_save(self) -> None:
+        if self.state_path is None or not self.engine.dirty or time.time() < self._next_save:
+            return
+        try:
+            self.save_now()
+        except OSError as exc:
+            self._next_save = time.time() + 5.0
+            if not self._save_failing:
+                logger.error("paper exchange: saving state to {} failed: {}", self.state_path, exc)
+            self._save_failing = True
+            return
+        if self._save_failing:
+            logger.info("paper exchange: state saved to {} again", self.state_path)
+        self._save_failing = False
 
     # ------------------------------------------------------------------ publishing
 
@@ -268,6 +326,9 @@ class PaperServer:
             return self._error("Invalid Input : jData is Missing.", now), False
         if not key and authorization.lower().startswith("bearer "):
             key = authorization[len("bearer "):].strip()
+        rolled = self.engine.roll(now)  # the first call of a new IST day starts the day's books
+        if rolled:
+            self._publish(rolled)
         session = None
         if route not in self._public:
             session = self.sessions.get(key or "")
@@ -405,7 +466,7 @@ class PaperServer:
         return {"stat": "Ok", "request_time": norentm(now), **inst.quote()}
 
     def _search_scrip(self, _session, data: dict, now: float) -> dict:
-        found = self.engine.search(as_text(data.get("exch")), as_text(data.get("stext")))
+        found = self.engine.search(as_text(data.get("exch")), as_text(data.get("stext")), now)
         if not found:
             return self._error(NO_DATA, now)
         return {"stat": "Ok", "request_time": norentm(now), "values": [inst.scrip() for inst in found]}
