@@ -770,14 +770,16 @@ class IngressActor(SupervisedActor):
     def on_start(self):
         if self.server is None:
             self.server = create_listener(self.app, self.config, self.port)
-        self.port = self.server.effective_port
+        self.port = int(self.server.effective_port)  # waitress gives the numeric service name (a str)
         server, actor = self.server, self
         original_close = server.close
 
         def close():  # the listening socket closed from inside waitress (a dispatcher error) is a death too
-            original_close()
-            if not actor._closing.is_set():
-                actor._listener_died("the listening socket was closed")
+            try:
+                original_close()
+            finally:
+                if not actor._closing.is_set():
+                    actor._listener_died("the listening socket was closed")
 
         server.close = close
         if self.app.ready.is_set():  # a restarted listener after start-up takes alerts again
