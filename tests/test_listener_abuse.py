@@ -52,6 +52,10 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def max_fd() -> int:
+    return max(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+
 def test_a_flood_of_idle_connections_does_not_silence_the_listener(make_system):
     system = make_system()
     before = open_fds()
@@ -60,8 +64,10 @@ def test_a_flood_of_idle_connections_does_not_silence_the_listener(make_system):
     try:
         assert flooder.stdout.readline().split() == ["open", str(FLOOD)]
         # The listener runs in this process: wait until it has accepted the flood (descriptors past 1024).
-        system.wait_until(lambda: open_fds() - before >= FLOOD - 20, 30, "the listener to accept the flood")
-        assert open_fds() > 1024
+        # (Other sockets of this process may close meanwhile: count loosely, but past descriptor 1024.)
+        system.wait_until(lambda: open_fds() - before >= FLOOD * 0.9 or max_fd() > 1100, 30,
+                          f"the listener to accept the flood ({open_fds() - before} new, highest fd {max_fd()})")
+        assert max_fd() > 1024
         reply = requests.post(system.url + "/webhook", json=alert(tradingsymbol=NIFTY_CE, alert_id="flood-1"),
                               timeout=10)
         assert reply.status_code == 202, reply.text
