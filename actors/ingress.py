@@ -11,9 +11,12 @@ import hashlib
 import hmac
 import json
 import re
+import resource
 import threading
 import time
+import traceback
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -41,6 +44,18 @@ REGISTER_TIMEOUT_S = 2.5  # the 202 must leave well inside TradingView's 3 s
 
 _SECRET_FIELD = re.compile(r'("secret_key"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\s]+)', re.IGNORECASE)
 MAX_QTY = 10_000_000  # far above any freeze quantity; keeps absurd numbers out of the database
+# A real alert is 3 levels deep (object > legs > leg). Capped before parsing: Python's json recurses and raises
+# RecursionError on deep nesting, and pydantic walks what it is given.
+MAX_JSON_DEPTH = 20
+# Python refuses int() of more than 4300 digits (ValueError); no price or quantity needs more than this.
+MAX_NUMBER_CHARS = 40
+MAX_ERRORS = 20  # a 400 lists at most this many shape errors
+REFUSAL_WINDOW_S = 60.0  # at most one "refused requests" notification per window
+_BRACKETS = re.compile(r"[\[\]{}]")
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.S)
+_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+REDACTED = "***"
 
 
 def new_command_id() -> str:
@@ -48,32 +63,217 @@ def new_command_id() -> str:
     return "oms" + uuid.uuid4().hex[:17]
 
 
+class BodyError(ValueError):
+    """A request body that is not an acceptable JSON document; the message never quotes the body."""
+
+
+def _is_secret_key_name(key: Any) -> bool:
+    return isinstance(key, str) and key.strip().lower() == "secret_key"
+
+
+def _unescape(text: str) -> str:
+    """JSON string escapes decoded wherever they stand (lenient: for text that is not valid JSON)."""
+    def one(m: re.Match) -> str:
+        esc = m.group(1)
+        if esc[0] == "u" and len(esc) == 5:
+            return chr(int(esc[1:], 16))
+        return _SIMPLE_ESCAPES.get(esc, esc)
+
+    out = _ESCAPE.sub(one, text)
+    # join surrogate pairs; a lone surrogate becomes U+FFFD (it cannot be stored as UTF-8)
+    return out.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+class Redactor:
+    """Removes known secret values (webhook secret, broker and Telegram secrets) from what we store or show.
+
+    `document` works on the parsed JSON, so no spelling of a key or value (escapes, case of `secret_key`)
+    hides a secret; `raw` is for a body that could not be parsed; `text` for our own messages.
+    """
+
+    def __init__(self, secrets: Any = ()):
+        values = {s for s in secrets if isinstance(s, str) and s}
+        self.secrets = sorted(values, key=len, reverse=True)  # longest first: a secret inside another
+        spellings = set(values)
+        for s in values:  # how the secret looks JSON-escaped or repr()-ed inside a message
+            spellings.update({json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1], repr(s)[1:-1]})
+        self.spellings = sorted((x for x in spellings if x), key=len, reverse=True)
+
+    @classmethod
+    def from_config(cls, config) -> "Redactor":
+        b, t = config.broker, getattr(config, "telegram", None)
+        return cls([config.webhook.secret_key, b.password, b.totp_secret, b.api_secret, b.auth_code,
+                    getattr(t, "token", "")])
+
+    def text(self, text: str | None) -> str | None:
+        if not text:
+            return text
+        for spelling in self.spellings:
+            if spelling in text:
+                text = text.replace(spelling, REDACTED)
+        return text
+
+    def document(self, value: Any) -> Any:
+        """A copy of a parsed JSON value with every secret_key value and every known secret replaced."""
+        if isinstance(value, dict):
+            return {self.text(str(k)): (REDACTED if _is_secret_key_name(k) else self.document(v))
+                    for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.document(v) for v in value]
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in self.secrets:
+            return REDACTED
+        return value
+
+    def dumps(self, value: Any) -> str:
+        """The redacted document as JSON text for the audit row."""
+        text = json.dumps(self.document(value), ensure_ascii=False, default=str)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: the escaped spelling is storable
+            text = json.dumps(self.document(value), default=str)
+        return text
+
+    def raw(self, text: str) -> str:
+        """A body that could not be parsed: any secret_key value and every secret in any JSON spelling."""
+        out = self.text(_SECRET_FIELD.sub(r'\1"***"', text))
+        plain = _unescape(out)
+        if plain != out:
+            redacted = self.text(_SECRET_FIELD.sub(r'\1"***"', plain))
+            if redacted != plain:  # something hid behind escapes: keep the decoded, redacted spelling
+                out = redacted
+        return out.encode("utf-8", "replace").decode("utf-8")
+
+    def found_in(self, value: Any, path: str = "body") -> str | None:
+        """Where a known secret appears outside a secret_key value (the first such place), else None."""
+        if not self.secrets:
+            return None
+        if isinstance(value, dict):
+            for k, v in value.items():
+                key = str(k)
+                if any(s in key for s in self.secrets):
+                    return f"{path} (a key)"
+                if _is_secret_key_name(k):
+                    continue
+                where = self.found_in(v, f"{path}.{key.strip().lower()}" if path != "body" else key.strip().lower())
+                if where:
+                    return where
+            return None
+        if isinstance(value, list):
+            for i, v in enumerate(value):
+                where = self.found_in(v, f"{path}.{i}")
+                if where:
+                    return where
+            return None
+        if isinstance(value, str):
+            return path if any(s in value for s in self.secrets) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return path if str(value) in self.secrets else None
+        return None
+
+
 def redact(text: str, secret: str) -> str:
-    """Remove the secret (and any secret_key value, right or wrong) from text bound for a log or table."""
-    text = _SECRET_FIELD.sub(r'\1"***"', text)
-    if secret:
-        text = text.replace(secret, "***")
-    return text
+    """Remove the secret (and any secret_key value, right or wrong) from raw text bound for a log or table."""
+    return Redactor([secret]).raw(text)
+
+
+def json_depth_exceeds(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if arrays/objects nest deeper than `limit` (strings skipped; no recursion)."""
+    depth = 0
+    for m in _BRACKETS.finditer(_JSON_STRING.sub('""', text)):
+        if m.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_CHARS:
+        raise BodyError(f"body: a number has more than {MAX_NUMBER_CHARS} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise BodyError(f"body: a number is longer than {MAX_NUMBER_CHARS} characters")
+    return float(text)
+
+
+def _check_strings(value: Any) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_strings(k)
+            _check_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            _check_strings(v)
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BodyError("body: a string holds an invalid \\u escape (a lone surrogate)") from None
+
+
+def parse_json(body: bytes) -> Any:
+    """The JSON document of a request body, or BodyError: any depth, any number, any bytes; never another error."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BodyError("body: not UTF-8") from None
+    if json_depth_exceeds(text):
+        raise BodyError(f"body: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        data = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except BodyError:
+        raise
+    except json.JSONDecodeError as exc:  # its message names a position, never the content
+        raise BodyError(f"body: not valid JSON ({exc.msg}: line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError, MemoryError, TypeError):
+        raise BodyError("body: not valid JSON") from None
+    _check_strings(data)
+    return data
 
 
 def signature_ok(body: bytes, signature: str | None, secret: str) -> bool:
     if not signature or not secret:
         return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, signature.strip().lower())
+    try:  # a header is latin-1 text; anything not ASCII cannot be a hex digest
+        given = signature.strip().lower().encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
+    return hmac.compare_digest(expected, given)
 
 
 def secret_ok(given: str | None, secret: str) -> bool:
-    return bool(secret) and isinstance(given, str) and hmac.compare_digest(given.encode(), secret.encode())
+    if not secret or not isinstance(given, str):
+        return False
+    try:
+        given_bytes = given.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate cannot be the secret
+        return False
+    return hmac.compare_digest(given_bytes, secret.encode())
 
 
-def format_validation_errors(exc: ValidationError) -> list[str]:
+def format_validation_errors(exc: ValidationError, redactor: Redactor | None = None) -> list[str]:
+    """`loc: message` lines; the given values are never echoed (one could be a pasted secret)."""
     errors = []
-    for err in exc.errors():
+    for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
-        msg = err.get("msg", "invalid")
-        msg = msg.removeprefix("Value error, ")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        given = err.get("input")
+        if isinstance(given, str) and given:
+            msg = msg.replace(repr(given), "(the given value)")
+        if redactor is not None:
+            loc, msg = redactor.text(loc), redactor.text(msg)
         errors.append(f"{loc}: {msg}")
+        if len(errors) >= MAX_ERRORS:
+            errors.append(f"... {len(exc.errors()) - MAX_ERRORS} more")
+            break
     return errors
 
 
@@ -143,28 +343,77 @@ class Outcome:
     outcome: str = ""
     alert: WebhookAlert | None = None
     errors: list[str] = field(default_factory=list)
+    stored_body: str | None = None  # the request body for the audit row, secrets redacted
 
 
-def parse_webhook(body: bytes, signature: str | None, secret: str) -> Outcome:
-    """Steps before registration: JSON, authentication, shape. Pure."""
+def parse_webhook(body: bytes, signature: str | None, secret: str, redactor: Redactor | None = None) -> Outcome:
+    """Steps before registration: JSON, authentication, shape. Pure; never raises for any body."""
+    redactor = redactor or Redactor([secret])
+
+    def refuse(status: int, error: str, outcome: str, errors: list[str], stored: str | None) -> Outcome:
+        errors = [redactor.text(e) for e in errors]
+        answer = {"error": error} if status == 401 else {"error": error, "errors": errors}
+        return Outcome(status, answer, outcome, errors=errors, stored_body=stored)
+
     try:
-        data = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        errors = [f"body: not valid JSON ({exc})" if isinstance(exc, json.JSONDecodeError) else "body: not UTF-8"]
-        return Outcome(400, {"error": "malformed JSON", "errors": errors}, "invalid", errors=errors)
+        data = parse_json(body)
+    except BodyError as exc:
+        error = "wrong shape" if "nested" in str(exc) or "number" in str(exc) else "malformed JSON"
+        return refuse(400, error, "invalid", [str(exc)], redactor.raw(body.decode("utf-8", "replace")))
+    stored = redactor.dumps(data)
     if not isinstance(data, dict):
-        errors = ["body: the alert must be a JSON object"]
-        return Outcome(400, {"error": "wrong shape", "errors": errors}, "invalid", errors=errors)
-    lowered = {str(k).lower(): v for k, v in data.items()}
+        return refuse(400, "wrong shape", "invalid", ["body: the alert must be a JSON object"], stored)
+    lowered = {str(k).strip().lower(): v for k, v in data.items()}
     if not (signature_ok(body, signature, secret) or secret_ok(lowered.get("secret_key"), secret)):
-        return Outcome(401, {"error": "unauthorized: bad or missing secret_key / X-Signature"}, "unauthorized",
-                       errors=["unauthorized"])
+        return refuse(401, "unauthorized: bad or missing secret_key / X-Signature", "unauthorized",
+                      ["unauthorized"], stored)
+    where = redactor.found_in(data)
+    if where:  # refused rather than stored in orders, logs and notifications
+        return refuse(400, "wrong shape", "invalid",
+                      [f"{where}: holds a configured secret; only secret_key may (nothing was stored)"], stored)
     try:
         alert = WebhookAlert.model_validate(data)
     except ValidationError as exc:
-        errors = format_validation_errors(exc)
-        return Outcome(400, {"error": "wrong shape", "errors": errors}, "invalid", errors=errors)
-    return Outcome(202, {}, "accepted", alert=alert)
+        return refuse(400, "wrong shape", "invalid", format_validation_errors(exc, redactor), stored)
+    except (ValueError, TypeError, RecursionError) as exc:  # a validator choking on odd input is still a 400
+        return refuse(400, "wrong shape", "invalid", [f"body: cannot be read as an alert ({type(exc).__name__})"],
+                      stored)
+    return Outcome(202, {}, "accepted", alert=alert, stored_body=stored)
+
+
+class RefusalDigest:
+    """Notifications about refused requests (400/401/413), at most one per window: the first refusal is told at
+    once, the ones after it are counted and told as one summary when the window ends. A scanner cannot flood
+    Telegram. Plain logic; IngressApp calls `due` from a timer."""
+
+    def __init__(self, window_s: float = REFUSAL_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        self.window_s = window_s
+        self.clock = clock
+        self.next_at = 0.0
+        self.counts: Counter = Counter()
+        self.remotes: Counter = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, http_status: int, outcome: str, remote: str | None) -> Notify | None:
+        with self._lock:
+            self.counts[f"{http_status} {outcome}"] += 1
+            self.remotes[remote or "?"] += 1
+            return self._take(self.clock())
+
+    def due(self) -> Notify | None:
+        with self._lock:
+            return self._take(self.clock()) if self.counts else None
+
+    def _take(self, now: float) -> Notify | None:
+        if now < self.next_at:
+            return None
+        total = sum(self.counts.values())
+        what = ", ".join(f"{n} x {k}" for k, n in self.counts.most_common())
+        where = ", ".join(r for r, _ in self.remotes.most_common(3)) + (" ..." if len(self.remotes) > 3 else "")
+        self.counts.clear()
+        self.remotes.clear()
+        self.next_at = now + self.window_s
+        return Notify(kind="refused", text=f"Refused {total} webhook/operator request(s) ({what}) from {where}")
 
 
 class IngressApp:
@@ -175,6 +424,10 @@ class IngressApp:
         self.config = config
         self.accepting = threading.Event()
         self.ready = threading.Event()
+        self.redactor = Redactor.from_config(config)
+        self.refusals = RefusalDigest()
+        self._refusal_timer: threading.Timer | None = None
+        self._timer_lock = threading.Lock()
 
     # ---- WSGI plumbing --------------------------------------------------------------------------
 
@@ -183,8 +436,11 @@ class IngressApp:
         path = environ.get("PATH_INFO", "/") or "/"
         try:
             status, payload = self.route(method, path, environ)
-        except Exception:  # noqa: BLE001 - the listener must answer, and the failure must be visible
-            logger.exception("listener error on {} {}", method, path)
+        except Exception as exc:  # noqa: BLE001 - the listener must answer, and the failure must be visible
+            # The frames, but not the exception's text unredacted: it may quote the request.
+            logger.error("listener error on {} {}: {}\n{}", method, self.redactor.text(path),
+                         self.redactor.text(f"{type(exc).__name__}: {exc}"),
+                         "".join(traceback.format_tb(exc.__traceback__)))
             status, payload = 500, {"error": "internal error"}
         data = json.dumps(payload, default=str).encode()
         start_response(f"{status} {_REASONS.get(status, 'OK')}",
@@ -197,6 +453,9 @@ class IngressApp:
             if method != "POST":
                 return 405, {"error": "use POST"}
             return self.webhook(environ)
+        if not self.ready.is_set():  # bound before the database and the broker: nothing else answers yet
+            return 503, {"status": "starting", "error": "the service is starting; retry later",
+                         "accepting": False}
         if method == "GET":
             query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
             if path == "/health":
@@ -241,7 +500,7 @@ class IngressApp:
             return self.exit_positions(environ)
         if method == "POST" and path == "/orders/cancel":
             return self.cancel_orders(environ)
-        return 404, {"error": f"no route {method} {path}"}
+        return 404, {"error": f"no route {method} {self.redactor.text(path)}"}
 
     # ---- operator commands: exits on demand, cancel-all -----------------------------------------
 
@@ -257,19 +516,22 @@ class IngressApp:
             self._record(RecordAlert(source="manual", outcome="too_large", http_status=413, remote_addr=remote,
                                      error=f"{action}: body too large"))
             return 413, {"error": "body too large"}
-        body = environ["wsgi.input"].read(length) if length else b""
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
         try:
-            data = json.loads(body.decode("utf-8")) if body.strip() else {}
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            data = None
+            data = parse_json(body) if body.strip() else {}
+        except BodyError as exc:
+            self._record(RecordAlert(source="manual", outcome="invalid", http_status=400, remote_addr=remote,
+                                     body=self.redactor.raw(body.decode("utf-8", "replace")),
+                                     error=f"{action}: {exc}"))
+            return 400, {"error": "the body must be a JSON object", "errors": [str(exc)]}
         if not isinstance(data, dict):
             self._record(RecordAlert(source="manual", outcome="invalid", http_status=400, remote_addr=remote,
-                                     body=redact(body.decode("utf-8", "replace"), secret), error=f"{action}: not a JSON object"))
+                                     body=self.redactor.dumps(data), error=f"{action}: not a JSON object"))
             return 400, {"error": "the body must be a JSON object"}
-        data = {str(k).lower(): v for k, v in data.items()}
+        data = {str(k).strip().lower(): v for k, v in data.items()}
         if not (signature_ok(body, environ.get("HTTP_X_SIGNATURE"), secret) or secret_ok(data.get("secret_key"), secret)):
             self._record(RecordAlert(source="manual", outcome="unauthorized", http_status=401, remote_addr=remote,
-                                     body=redact(body.decode("utf-8", "replace"), secret), error=action))
+                                     body=self.redactor.dumps(data), error=action))
             return 401, {"error": "unauthorized: bad or missing secret_key / X-Signature"}
         data.pop("secret_key", None)
         for key in ("strategy", "symbol", "exchange"):
@@ -307,7 +569,7 @@ class IngressApp:
                                                  "strategy_name": strategy, "execution_type": "EXIT",
                                                  "legs": legs})
             status, answer = self.register(alert, source="manual", remote=data["_remote"],
-                                           body=json.dumps({k: v for k, v in data.items() if k != "_remote"}))
+                                           body=self.redactor.dumps({k: v for k, v in data.items() if k != "_remote"}))
             if status not in (200, 202):
                 return status, answer
             answers.append(answer)
@@ -325,7 +587,7 @@ class IngressApp:
         ids = [o["command_id"] for o in open_orders]
         self._record(RecordAlert(source="manual", outcome="cancel_requested", http_status=202,
                                  remote_addr=data["_remote"], strategy_name=data.get("strategy"),
-                                 body=json.dumps({k: v for k, v in data.items() if k != "_remote"}),
+                                 body=self.redactor.dumps({k: v for k, v in data.items() if k != "_remote"}),
                                  error=f"cancel requested for {len(ids)} order(s): {' '.join(ids)}"[:2000]))
         return 202, {"cancel_requested": ids}
 
@@ -348,24 +610,24 @@ class IngressApp:
             self._record(RecordAlert(outcome="too_large", http_status=413, remote_addr=remote,
                                      error=f"body of {length} bytes over the {limit} byte limit"))
             return 413, {"error": f"body over the {limit} byte limit"}
-        body = environ["wsgi.input"].read(min(length, limit + 1)) if length else environ["wsgi.input"].read(limit + 1)
+        # waitress hands over exactly the body (Content-Length or chunked); one byte more tells "too large"
+        body = environ["wsgi.input"].read(limit + 1)
         if len(body) > limit:
             self._record(RecordAlert(outcome="too_large", http_status=413, remote_addr=remote,
                                      error=f"body over the {limit} byte limit"))
             return 413, {"error": f"body over the {limit} byte limit"}
-        redacted = redact(body.decode("utf-8", "replace"), secret)
-        result = parse_webhook(body, environ.get("HTTP_X_SIGNATURE"), secret)
+        result = parse_webhook(body, environ.get("HTTP_X_SIGNATURE"), secret, self.redactor)
         if result.alert is None:
             self._record(RecordAlert(outcome=result.outcome, http_status=result.status, remote_addr=remote,
-                                     body=redacted, error="; ".join(result.errors)[:2000]))
+                                     body=result.stored_body, error="; ".join(result.errors)[:2000]))
             return result.status, result.body
         alert = result.alert
         if len(alert.legs) > self.config.service.max_legs:
             error = f"legs: at most {self.config.service.max_legs} legs per alert"
-            self._record(RecordAlert(outcome="invalid", http_status=400, remote_addr=remote, body=redacted,
+            self._record(RecordAlert(outcome="invalid", http_status=400, remote_addr=remote, body=result.stored_body,
                                      alert_id=alert.alert_id, strategy_name=alert.strategy_name, error=error))
             return 400, {"error": "wrong shape", "errors": [error]}
-        return self.register(alert, source="webhook", remote=remote, body=redacted, received_mono=received)
+        return self.register(alert, source="webhook", remote=remote, body=result.stored_body, received_mono=received)
 
     def register(self, alert: WebhookAlert, *, source: str, remote: str | None = None,
                  body: str | None = None, received_mono: float | None = None) -> tuple[int, Any]:
@@ -419,7 +681,35 @@ class IngressApp:
         self._dispatch(result, alert_id, alert)
 
     def _record(self, msg: RecordAlert) -> None:
+        """Audit a request that registered nothing; refusals are also notified (rate-limited)."""
+        r = self.redactor  # every field once more: nothing of a secret may reach the table or the log line
+        msg = msg.model_copy(update={"body": r.text(msg.body), "error": r.text(msg.error),
+                                     "alert_id": r.text(msg.alert_id), "strategy_name": r.text(msg.strategy_name)})
         self.registry.tell("store", msg)
+        if msg.http_status in (400, 401, 413):
+            self._notify(self.refusals.add(msg.http_status, msg.outcome, msg.remote_addr))
+
+    def _notify(self, note: Notify | None) -> None:
+        if note is not None:
+            self.registry.tell("notifier", note)
+        with self._timer_lock:  # the summary of what the window holds goes out when the window ends
+            if self._refusal_timer is None or not self._refusal_timer.is_alive():
+                delay = self.refusals.next_at - self.refusals.clock()
+                if note is None and delay > 0:
+                    self._refusal_timer = threading.Timer(delay + 0.05, self._refusal_summary)
+                    self._refusal_timer.daemon = True
+                    self._refusal_timer.start()
+
+    def _refusal_summary(self) -> None:
+        with self._timer_lock:
+            self._refusal_timer = None
+        self._notify(self.refusals.due())
+
+    def close(self) -> None:
+        with self._timer_lock:
+            if self._refusal_timer is not None:
+                self._refusal_timer.cancel()
+                self._refusal_timer = None
 
 
 _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -427,41 +717,120 @@ _REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
             503: "Service Unavailable"}
 
 
+class ListenerBindError(Exception):
+    """The listener cannot bind its address; the message is one line naming host:port and the config key."""
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit where allowed; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the open-file limit from {} to {}: {}", soft, target, exc)
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def connection_limit(fd_limit: int) -> int:
+    """Connections the listener holds at once: well under the descriptor limit, which must also cover the
+    database, log files, broker sockets and the embedded paper exchange (half of what is left after 256)."""
+    if fd_limit == resource.RLIM_INFINITY or fd_limit <= 0:
+        fd_limit = 65536
+    return max(32, min(4096, (fd_limit - 256) // 2))
+
+
+LISTENER_CHANNEL_TIMEOUT_S = 15  # an idle connection (no request in progress) is closed after this
+LISTENER_CLEANUP_INTERVAL_S = 2  # how often idle connections are looked for
+
+
+def create_listener(app, config, port: int):
+    """Bind the waitress server (not yet serving). poll() instead of select(): no descriptor number a client
+    can reach stops the loop; connections capped below RLIMIT_NOFILE; idle ones closed after a few seconds."""
+    from waitress.server import create_server
+
+    host = config.service.host
+    limit = connection_limit(raise_fd_limit())
+    try:
+        server = create_server(
+            app, host=host, port=port,
+            threads=config.service.listener_threads,
+            # Well above our own limit so oversized alerts reach the app and are audited as too_large;
+            # only absurd bodies are refused by the server itself.
+            max_request_body_size=max(16 * 1024 * 1024, config.service.max_body_bytes * 16),
+            asyncore_use_poll=True, connection_limit=limit,
+            channel_timeout=LISTENER_CHANNEL_TIMEOUT_S, cleanup_interval=LISTENER_CLEANUP_INTERVAL_S,
+            clear_untrusted_proxy_headers=True, ident="shoonya-oms",
+        )
+    except OSError as exc:
+        raise ListenerBindError(f"cannot listen on {host}:{port} (config service.host / service.port): "
+                                f"{exc.strerror or exc}") from None
+    logger.debug("listener: connection limit {} (open-file limit {})", limit,
+                 resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return server
+
+
 class IngressActor(SupervisedActor):
-    """Owns the waitress listener; the request threads use IngressApp."""
+    """Owns the waitress listener; the request threads use IngressApp.
+
+    The serving thread watches its own loop: if it ends (or the server closes) without on_stop asking for it,
+    `on_death(reason)` is called — the System then logs, notifies and makes `oms run` exit non-zero, so a
+    process supervisor restarts a service that could no longer hear alerts."""
 
     registry_name = "ingress"
 
-    def __init__(self, registry, config, *, app: IngressApp | None = None, port: int | None = None):
+    def __init__(self, registry, config, *, app: IngressApp | None = None, port: int | None = None,
+                 server=None, on_death: Callable[[str], None] | None = None):
         super().__init__(registry)
         self.app = app or IngressApp(registry, config)
         self.config = config
         self.port = config.service.port if port is None else port
-        self.server = None
+        self.server = server  # already bound by the System at start; a restarted actor binds again
+        self.on_death = on_death
         self.thread: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._died = threading.Event()
 
     def on_start(self):
-        from waitress.server import create_server
+        if self.server is None:
+            self.server = create_listener(self.app, self.config, self.port)
+        self.port = int(self.server.effective_port)  # waitress gives the numeric service name (a str)
+        server, actor = self.server, self
+        original_close = server.close
 
-        self.server = create_server(
-            self.app, host=self.config.service.host, port=self.port,
-            threads=self.config.service.listener_threads,
-            # Well above our own limit so oversized alerts reach the app and are audited as too_large;
-            # only absurd bodies are refused by the server itself.
-            max_request_body_size=max(16 * 1024 * 1024, self.config.service.max_body_bytes * 16),
-            connection_limit=1000, channel_timeout=30, clear_untrusted_proxy_headers=True,
-            ident="shoonya-oms",
-        )
-        self.port = self.server.effective_port
+        def close():  # the listening socket closed from inside waitress (a dispatcher error) is a death too
+            try:
+                original_close()
+            finally:
+                if not actor._closing.is_set():
+                    actor._listener_died("the listening socket was closed")
+
+        server.close = close
+        if self.app.ready.is_set():  # a restarted listener after start-up takes alerts again
+            self.app.accepting.set()
         self.thread = threading.Thread(target=self._serve, name="ingress-listener", daemon=True)
         self.thread.start()
         logger.info("listener on http://{}:{}", self.config.service.host, self.port)
 
     def _serve(self):
+        reason = "the listener loop ended"
         try:
             self.server.run()
-        except (OSError, ValueError):  # closed during shutdown
-            pass
+        except BaseException as exc:  # noqa: BLE001 - whatever ends the loop, it must not end silently
+            reason = f"the listener loop failed: {type(exc).__name__}: {exc}"
+        if not self._closing.is_set():
+            self._listener_died(reason)
+
+    def _listener_died(self, reason: str) -> None:
+        if self._died.is_set():
+            return
+        self._died.set()
+        self.app.accepting.clear()
+        if self.on_death is not None:
+            self.on_death(reason)
+        else:
+            logger.critical("webhook listener on port {} stopped: {}", self.port, reason)
 
     def handle(self, message):
         if message == "port":
@@ -476,8 +845,13 @@ class IngressActor(SupervisedActor):
         return None
 
     def on_stop(self):
+        self._closing.set()
         self.app.accepting.clear()
+        self.app.close()
         if self.server is not None:
-            self.server.close()
+            try:
+                self.server.close()
+            except (OSError, ValueError):  # already closed
+                pass
         if self.thread is not None:
             self.thread.join(timeout=5)

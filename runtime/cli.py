@@ -56,12 +56,13 @@ def _open_db(config: Config):
         raise SystemExit(EXIT_USAGE) from None
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(fatal: threading.Event | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
-        pass
+        if fatal is not None and fatal.is_set():
+            return
 
 
 def _lock(path: Path, what: str):
@@ -96,6 +97,7 @@ def paper_lock_path(config: Config, embedded: bool) -> Path:
 def cmd_run(args) -> int:
     from loguru import logger
 
+    from actors.ingress import ListenerBindError
     from runtime.system import System
 
     config = _config(args)
@@ -109,6 +111,10 @@ def cmd_run(args) -> int:
         system = System(config, listen_port=args.port)
         try:
             system.start()
+        except ListenerBindError as exc:  # a busy port: one line naming host:port and the config key
+            _out(f"oms: {exc}", file=sys.stderr)
+            system.stop()
+            return EXIT_USAGE
         except Exception as exc:  # noqa: BLE001 - a start-up failure must be one readable line, exit 2
             logger.error("start-up failed: {}", exc)
             system.stop()
@@ -116,10 +122,11 @@ def cmd_run(args) -> int:
         logger.info("risk.enforce_trading_hours = {} (broker.mode {}; unset it follows the mode)",
                     str(config.risk.enforce_trading_hours).lower(), b.mode)
         try:
-            _wait_for_signal()
+            _wait_for_signal(system.fatal)
         finally:
             system.stop()
-        return EXIT_OK
+        # The listener stopped on its own (logged and notified): exit non-zero so that a supervisor restarts us.
+        return EXIT_PROBLEM if system.fatal.is_set() else EXIT_OK
     finally:
         for lock in reversed(locks):
             lock.release()

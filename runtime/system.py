@@ -1,14 +1,18 @@
 """The one place that starts and stops everything, and the in-process API tests drive it through.
 
-Start order: database, paper exchange (embedded mode), StoreActor, NotifierActor, BrokerActor, WatcherActor,
-GuardActor, RiskActor, start-up recovery, then the listener. Stop is the reverse, after the listener has
-stopped accepting and in-flight orders have drained.
+Start order: the listener is bound first (a busy port fails the start at once, before any broker session),
+answering 503 until recovery has finished; then database, paper exchange (embedded mode), StoreActor,
+NotifierActor, BrokerActor, WatcherActor, GuardActor, RiskActor, start-up recovery, and only then does the
+listener accept alerts. Stop is the reverse, after the listener has stopped accepting and in-flight orders have
+drained. If the listener ever stops on its own, `fatal` is set (and it is logged and notified): `oms run` then
+stops the service and exits non-zero so that a process supervisor restarts it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,7 +23,7 @@ from loguru import logger
 
 from actors.broker import BrokerActor
 from actors.guard import GuardActor
-from actors.ingress import IngressActor, IngressApp
+from actors.ingress import IngressActor, IngressApp, create_listener
 from actors.notifier import NotifierActor
 from actors.risk import RiskActor
 from actors.risk_rules import trading_day
@@ -68,6 +72,8 @@ class System:
         self.started = False
         self.supervisor: Supervisor | None = None
         self.factories: dict = {}
+        self.fatal = threading.Event()  # set when the listener stopped on its own: the process must exit
+        self.fatal_reason: str | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
 
@@ -90,22 +96,33 @@ class System:
 
     def start(self) -> "System":
         self._log_ids = setup_logging(self.data_dir, self.config.service.log_level, stderr=self.log_to_stderr)
+        reg, cfg = self.registry, self.config
+        # The supervisor first: audits of requests refused while starting wait (parked) for the StoreActor.
+        self.supervisor = Supervisor(reg, self.factories)
+        reg.supervisor = self.supervisor
+        # The listener before the database and the broker: a busy port fails at once (ListenerBindError, one
+        # line); until recovery is done it answers 503 to /webhook and /health.
+        self.app = IngressApp(reg, cfg)
+        port = cfg.service.port if self.listen_port is None else self.listen_port
+        server = create_listener(self.app, cfg, port)
+        reg.set("ingress", IngressActor.start(reg, cfg, app=self.app, port=port, server=server,
+                                              on_death=self._listener_died))
+        self.port = reg.ask("ingress", "port")
+        self.factories["ingress"] = lambda: IngressActor.start(reg, cfg, app=self.app, port=self.port,
+                                                               on_death=self._listener_died)
         self.db = open_database(self.data_dir / "orders.db", synchronous=self.config.service.db_synchronous)
         rest_url, ws_url = self._broker_urls()
-        reg, cfg = self.registry, self.config
         b = cfg.broker
         self.client = NorenRestClient(rest_url, auth=b.auth, connect_timeout_s=b.connect_timeout_s,
                                       request_timeout_s=b.request_timeout_s)
-        self.factories = {
+        self.factories.update({
             "store": lambda: StoreActor.start(self.db, reg, subscribers=SUBSCRIBERS),
             "notifier": lambda: NotifierActor.start(reg, cfg),
             "broker": lambda: BrokerActor.start(reg, cfg, client=self.client, ws_url=ws_url),
             "watcher": lambda: WatcherActor.start(reg, cfg),
             "guard": lambda: GuardActor.start(reg, cfg),
             "risk": lambda: RiskActor.start(reg, cfg, clock=self.clock),
-        }
-        self.supervisor = Supervisor(reg, self.factories)
-        reg.supervisor = self.supervisor
+        })
         for name in ("store", "notifier", "broker", "watcher", "guard", "risk"):
             if name == "watcher":  # the first watcher knows recover() reads the book; a restarted one does not
                 reg.set(name, WatcherActor.start(reg, cfg, startup=True))
@@ -114,17 +131,22 @@ class System:
             else:
                 reg.set(name, self.factories[name]())
         self.recover()
-        self.app = IngressApp(reg, cfg)
-        port = cfg.service.port if self.listen_port is None else self.listen_port
-        reg.set("ingress", IngressActor.start(reg, cfg, app=self.app, port=port))
-        self.port = reg.ask("ingress", "port")
-        self.factories["ingress"] = lambda: IngressActor.start(reg, cfg, app=self.app, port=self.port)
         reg.ask("ingress", "accept")
         self.started = True
         reg.tell("notifier", Notify(kind="service", text=f"shoonya-oms started ({cfg.broker.mode}, "
                                                          f"client {cfg.service.client_id})"))
         logger.info("service ready on http://{}:{}", cfg.service.host, self.port)
         return self
+
+    def _listener_died(self, reason: str) -> None:
+        """The serving thread ended on its own: no alert (exits included) can arrive any more."""
+        redactor = self.app.redactor if self.app is not None else None
+        reason = redactor.text(reason) if redactor else reason
+        self.fatal_reason = f"webhook listener on {self.config.service.host}:{self.port} stopped: {reason}"
+        logger.bind(event="service").critical("{}; the service exits so that it is restarted", self.fatal_reason)
+        self.registry.tell("notifier", Notify(kind="service", text=f"CRITICAL: {self.fatal_reason}. No alert can "
+                                                                    f"arrive; the service exits (restart it)."))
+        self.fatal.set()
 
     def recover(self) -> None:
         """Before the listener accepts alerts: reconcile with the broker, then settle CREATED orders.
@@ -184,14 +206,14 @@ class System:
         return False
 
     def stop(self) -> None:
-        if not self.started and self.db is None:
+        if not self.started and self.db is None and self.registry.get("ingress") is None:
             return
         if self.registry.get("ingress") is not None:
             try:
                 self.registry.ask("ingress", "refuse", timeout=5)
-            except pykka.ActorDeadError:
+            except (pykka.ActorDeadError, pykka.Timeout):
                 pass
-            if not self.drain(self.config.service.shutdown_drain_s):
+            if self.db is not None and not self.drain(self.config.service.shutdown_drain_s):
                 logger.warning("stopping with orders still in flight; restart recovery will settle them")
         self.registry.tell("notifier", Notify(kind="service", text="shoonya-oms stopping"))
         if self.supervisor is not None:
@@ -206,7 +228,8 @@ class System:
         if self.paper is not None:
             self.paper.stop()
             self.paper = None
-        close_database(self.db)
+        if self.db is not None:
+            close_database(self.db)
         self.db = None
         self.started = False
         logger.info("service stopped")

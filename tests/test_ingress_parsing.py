@@ -109,9 +109,10 @@ def test_empty_legs_is_400_naming_legs():
     assert any(e.startswith("legs") for e in errors)
 
 
-def test_direction_hold_is_400_naming_the_leg_field():
+def test_direction_hold_is_400_naming_the_leg_field_without_echoing_the_value():
     errors = _shape_errors(alert(legs=[leg(direction="HOLD")]))
-    assert any(e.startswith("legs.0.direction") and "HOLD" in e for e in errors)
+    assert any(e.startswith("legs.0.direction") and "BUY" in e for e in errors)
+    assert not any("HOLD" in e for e in errors), "a given value is never echoed (it could be a pasted secret)"
 
 
 def test_non_numeric_qty_is_400_naming_the_leg_field():
