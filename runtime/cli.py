@@ -53,13 +53,17 @@ def _wait_for_signal() -> None:
 def cmd_run(args) -> int:
     from loguru import logger
 
-    from runtime.system import System
+    from runtime.system import StartRefused, System
 
     config = _config(args)
     logger.remove()
     system = System(config, listen_port=args.port)
     try:
         system.start()
+    except StartRefused as exc:  # e.g. the broker rejects the credentials: the service closes, then says why
+        system.stop()
+        _out(f"oms: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - a start-up failure must be one readable line, exit 2
         logger.error("start-up failed: {}", exc)
         system.stop()
