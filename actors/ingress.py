@@ -249,7 +249,8 @@ class IngressApp:
         body either way. Cheap and never waits on the broker: the session state is shared (SessionGate), the
         risk state an ask with a short timeout. Answered without credentials: no secret, no account detail."""
         gate = getattr(self.registry, "broker_session", None)
-        session = gate.snapshot() if gate is not None else {"broker": "logged_in", "websocket": "off", "reason": None}
+        session = gate.snapshot() if gate is not None else {"broker": "logged_in", "websocket": "off",
+                                                             "reason": None}
         body = {"status": "ok", "broker": session["broker"], "websocket": session["websocket"],
                 "risk": self._risk_state(), "reason": None, "accepting": self.accepting.is_set()}
         if session["broker"] != "logged_in":

@@ -121,14 +121,13 @@ class System:
             if name == "watcher":  # the first watcher knows recover() reads the book; a restarted one does not
                 reg.set(name, WatcherActor.start(reg, cfg, startup=True))
             elif name == "broker":  # the first broker's refused credentials stop the start (_check_login)
-                reg.set(name, BrokerActor.start(reg, cfg, client=self.client, ws_url=ws_url, gate=self.broker_session,
-                                                startup=True))
+                reg.set(name, BrokerActor.start(reg, cfg, client=self.client, ws_url=ws_url,
+                                                gate=self.broker_session, startup=True))
+                self._check_login()
             elif name == "guard":  # recover() dispatches the CREATED legs at start; a restarted guard resumes its own
                 reg.set(name, GuardActor.start(reg, cfg, startup=True))
             else:
                 reg.set(name, self.factories[name]())
-            if name == "broker":
-                self._check_login()
         self.recover()
         self.app = IngressApp(reg, cfg)
         port = cfg.service.port if self.listen_port is None else self.listen_port

@@ -15,7 +15,13 @@ import pytest
 import requests
 
 from actors.broker_session import LOGGED_IN, LOGGED_OUT, LOGGING_IN, SessionGate
-from runtime.noren.errors import CredentialsRejected, LoginFailed, NotSent, classify_request_exception, error_from_emsg
+from runtime.noren.errors import (
+    CredentialsRejected,
+    LoginFailed,
+    NotSent,
+    classify_request_exception,
+    error_from_emsg,
+)
 from runtime.system import StartRefused
 from tests.conftest import alert, paper_faults, paper_orders
 from tests.symbols import NIFTY_CE, NIFTY_PE
@@ -123,8 +129,8 @@ def test_start_refused_in_process_but_a_network_error_is_not_a_rejection(paper_f
     with socket.socket() as probe:  # a port nobody listens on: connection refused
         probe.bind(("127.0.0.1", 0))
         dead = probe.getsockname()[1]
-    system = make_system(exchange, broker={"password": PASSWORD, "rest_url": f"http://127.0.0.1:{dead}/NorenWClientTP/",
-                                           "use_websocket": False})
+    system = make_system(exchange, broker={"password": PASSWORD, "use_websocket": False,
+                                           "rest_url": f"http://127.0.0.1:{dead}/NorenWClientTP/"})
     reply = requests.get(f"{system.url}/health", timeout=5)
     assert reply.status_code == 503
     assert reply.json()["broker"] == LOGGING_IN and reply.json()["websocket"] == "off"
