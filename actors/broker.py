@@ -19,6 +19,7 @@ The order row keeps the intent (MARKET, price 0); the price actually sent is in 
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 
 from actors.base import SupervisedActor
+from actors.broker_session import SessionGate
 from actors.instruments import (
     freeze_table,
     instrument_kind,
@@ -39,6 +41,7 @@ from messages.commands import (
     CancelOrder,
     InstrumentInfo,
     InstrumentQuery,
+    Notify,
     SendLegs,
     SetBrokerOrderId,
     TransitionOrder,
@@ -47,7 +50,15 @@ from messages.commands import (
 from messages.commands import BrokerOrderNotFound  # cancel: `Order not found` (BROKER_UNKNOWN_ORDER)
 from messages.noren import PlaceOrderRequest
 from messages.orders import OrderSnapshot
-from runtime.noren.errors import BrokerError, BrokerRejected, NotSent, SessionExpired, UnknownOutcome
+from runtime.noren.errors import (
+    BrokerError,
+    BrokerRejected,
+    CredentialsRejected,
+    LoginFailed,
+    NotSent,
+    SessionExpired,
+    UnknownOutcome,
+)
 from runtime.noren.errors import says_order_unknown  # cancel: `Order not found` (BROKER_UNKNOWN_ORDER)
 from runtime.noren.rest import NorenRestClient
 from storage.models import Order
@@ -134,6 +145,10 @@ class Instrument:
     upper: float | None = None
     lower: float | None = None
     touchline: bool = False  # its touchline is subscribed
+
+
+class NoSession(NotSent):
+    """No broker session for a read (the login was refused, or failed): nothing was asked of the broker."""
 
 
 class NoPrice(Exception):
@@ -271,17 +286,24 @@ def broker_reason(emsg: str) -> str:
 class BrokerActor(SupervisedActor):
     registry_name = "broker"
 
-    def __init__(self, registry, config, *, client: NorenRestClient, ws_url: str):
+    def __init__(self, registry, config, *, client: NorenRestClient, ws_url: str, gate: SessionGate | None = None,
+                 startup: bool = False):
         super().__init__(registry)
+        # The service's first broker: a credential refused at its first login stops the start (System), so it
+        # schedules no retry and sends no notification for it.
+        self.startup = startup
         self.config = config
         self.ws_url = ws_url
         b = config.broker
         # The client (and its session credentials) outlives a restart of this actor, so the readers forked
-        # from it by the watcher and risk see every re-login.
+        # from it by the watcher and risk see every re-login. So does the gate: a restart must not reset the
+        # count of refused logins (the broker locks the account after a few).
         self.client = client
+        self.gate = gate if gate is not None else SessionGate(websocket=b.use_websocket)
         self.limiter = RateLimiter(b.orders_per_second, b.orders_per_minute)
         self.ws = None
-        self.logged_in = False
+        self._logged_in = False
+        self._retry: threading.Timer | None = None
         # (exch, tsym) -> Instrument from SearchScrip; lot sizes change with the series, so per trading day.
         self.instruments: dict[tuple[str, str], Instrument] = {}
         self.instruments_day: str | None = None
@@ -289,28 +311,107 @@ class BrokerActor(SupervisedActor):
 
     # ---- session --------------------------------------------------------------------------------
 
+    @property
+    def logged_in(self) -> bool:
+        return self._logged_in
+
+    @logged_in.setter
+    def logged_in(self, value: bool) -> None:
+        self._logged_in = value
+        if not value:
+            self.gate.lost()  # /health: no longer logged in (unless a refusal already says more)
+
     def login(self) -> bool:
+        """Open a session. Never while a refused login is backing off (the gate): then False at once, and the
+        scheduled retry logs in. A refusal (the broker's Not_Ok) is told apart from a network failure."""
         b = self.config.broker
+        if not self.gate.may_login():
+            return False
+        self.gate.attempting()
         try:
             if b.auth == "oauth":
                 self.client.login_oauth(b.auth_code, b.oauth_client_id, b.api_secret)
             else:
                 self.client.login_quickauth(b.user_id, b.password, b.totp_secret, b.vendor_code, b.api_secret,
                                             b.imei)
+        except LoginFailed as exc:
+            self._refused(exc.emsg or exc.message, credentials=isinstance(exc, CredentialsRejected))
+            return False
+        except ValueError as exc:  # a credential that cannot even be used (an unusable TOTP seed): a config mistake
+            self._refused(str(exc), credentials=True)
+            return False
         except Exception as exc:  # noqa: BLE001 - any login failure is reported, never raised into the mailbox
-            self.logged_in = False
+            self._logged_in = False
+            self.gate.failed(self._public(str(exc)))
             logger.error("broker login failed for {}: {}", b.user_id, exc)
             return False
-        self.logged_in = True
+        self._logged_in = True
         logger.info("broker session opened for {}", b.user_id)
+        if self.gate.succeeded():
+            self._cancel_retry()
+            self.registry.tell("notifier", Notify(kind="broker", text=f"Broker login for {b.user_id} works again: "
+                                                                      "orders are sent."))
         if self.ws is not None:
             self.ws.retry_now()  # re-authenticate the socket with the new token now, not after its backoff
         return True
 
+    def _public(self, text: str) -> str:
+        """Text for /health (which answers without credentials): no user id, short."""
+        user = self.config.broker.user_id
+        text = " ".join((text or "").split())
+        return (text.replace(user, "<user>") if user else text)[:200]
+
+    def _refused(self, emsg: str, *, credentials: bool) -> None:
+        """The broker refused the login: no session until a scheduled retry works (at most the gate's few in its
+        window). The old token is dead (we only log in again after it expired): the readers must not use it."""
+        b = self.config.broker
+        self._logged_in = False
+        self.client.clear_session()
+        reason = self._public(emsg)
+        first = self.gate.refused_login(reason, credentials=credentials)
+        if self.startup and credentials:
+            logger.error("broker login refused for {}: {}", b.user_id, reason)
+            return
+        wait = self.gate.wait_s()
+        logger.error("broker login refused for {}: {} (next try in {:.0f} s; at most {} logins in {:.0f} min)",
+                     b.user_id, reason, wait, self.gate.max_attempts, self.gate.window_s / 60)
+        if first:
+            self.registry.tell("notifier", Notify(kind="broker", text=(
+                f"Broker login refused for {b.user_id}: {reason}. No order can be sent (they fail "
+                f"SEND_FAILED:NOT_LOGGED_IN) until a login works; next try in {wait:.0f} s, at most "
+                f"{self.gate.max_attempts} in {self.gate.window_s / 60:.0f} min (the broker locks the account "
+                "after repeated wrong attempts). Check the [broker] credentials.")))
+        self._schedule_retry(wait)
+
+    def _schedule_retry(self, delay: float) -> None:
+        self._cancel_retry()
+        registry = self.registry
+        self._retry = threading.Timer(delay, lambda: registry.tell("broker", "relogin_due"))
+        self._retry.daemon = True
+        self._retry.start()
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    def _session(self) -> bool:
+        """A session for the order path: logs in when needed, but never while the broker refuses our login
+        (orders must not hammer a refusing broker; the scheduled retry logs in)."""
+        if self.logged_in:
+            return True
+        if self.gate.refused:
+            return False
+        return self.login()
+
     def on_start(self):
-        self.logged_in = self.client.logged_in  # a restarted actor keeps the session it had
+        self._logged_in = self.client.logged_in  # a restarted actor keeps the session it had
         if not self.logged_in:
-            self.login()
+            if self.gate.refused:  # restarted while refused: keep to the schedule
+                self._schedule_retry(self.gate.wait_s())
+            else:
+                self.login()
+        self.startup = False
         if self.config.broker.use_websocket:
             self._start_websocket()
 
@@ -326,11 +427,18 @@ class BrokerActor(SupervisedActor):
                 exchange=update.exch, symbol=update.tsym, quantity=int(update.qty or 0),
                 side={"B": "BUY", "S": "SELL"}.get(update.trantype or "", update.trantype), origin="ws"))
 
+        gate = self.gate
+
+        def on_state(state: str) -> None:
+            gate.set_websocket(state)  # for /health
+            registry.tell("watcher", f"ws:{state}")
+
         self.ws = NorenWebSocket(self.ws_url, lambda: self.client.session, auth=self.config.broker.auth,
-                                 on_order=on_order, on_state=lambda s: registry.tell("watcher", f"ws:{s}"))
+                                 on_order=on_order, on_state=on_state)
         self.ws.start()
 
     def on_stop(self):
+        self._cancel_retry()
         if self.ws is not None:
             self.ws.stop()
 
@@ -348,8 +456,13 @@ class BrokerActor(SupervisedActor):
             return dict(self.freeze)
         if message == "reader":
             return self.client.fork()
-        if message == "relogin":
+        if message == "relogin":  # a reader saw Session Expired
+            self.logged_in = False
             return self.login()
+        if message == "relogin_due":  # the scheduled retry after a refused login
+            return self.logged_in or self.login()
+        if message == "session":
+            return self.gate.snapshot()
         if message == "logged_in":
             return self.logged_in
         if message == "ws_connected":  # asked by a restarted watcher, which missed the socket's last state
@@ -393,9 +506,9 @@ class BrokerActor(SupervisedActor):
         `max_send_attempts` (a read is safe to repeat). Raises the last BrokerError."""
         attempts = self.config.broker.max_send_attempts
         for attempt in range(1, attempts + 1):
-            if not self.logged_in and not self.login():
-                if attempt == attempts:
-                    raise NotSent(f"{what}: no broker session")
+            if not self._session():
+                if self.gate.refused or attempt == attempts:
+                    raise NoSession(f"{what}: no broker session")
                 time.sleep(min(0.2 * attempt, 1.0))
                 continue
             try:
@@ -403,7 +516,7 @@ class BrokerActor(SupervisedActor):
             except SessionExpired:
                 self.logged_in = False
                 if attempt == attempts:
-                    raise
+                    raise NoSession(f"{what}: no broker session (Session Expired)") from None
             except BrokerRejected:
                 raise  # the broker's answer; asking again gives the same
             except BrokerError as exc:
@@ -463,6 +576,8 @@ class BrokerActor(SupervisedActor):
         band = b.market_protection_pct[kind]
         try:
             inst = self.instrument(order.exchange, order.symbol)
+        except NoSession as exc:
+            raise NoPrice("SEND_FAILED:NOT_LOGGED_IN", str(exc)) from None
         except BrokerError as exc:
             raise NoPrice(_no_price_tag(order), f"SearchScrip {order.exchange} {order.symbol} failed: {exc}") from None
         if inst is None:
@@ -474,6 +589,8 @@ class BrokerActor(SupervisedActor):
         try:
             quote = self._read(f"GetQuotes {order.exchange} {order.symbol}",
                                lambda: self.client.get_quotes(order.exchange, inst.token))
+        except NoSession as exc:
+            raise NoPrice("SEND_FAILED:NOT_LOGGED_IN", str(exc)) from None
         except BrokerError as exc:
             raise NoPrice(_no_price_tag(order), f"GetQuotes {order.exchange} {order.symbol} failed: {exc}") from None
         tick = quote.ti if quote.ti and quote.ti > 0 else inst.tick
@@ -517,6 +634,10 @@ class BrokerActor(SupervisedActor):
         request built before any is claimed, BUY legs go first, and once one leg fails before reaching the broker
         the legs not yet sent are held (FAILED `SEND_FAILED:OTHER_LEG_BLOCKED`)."""
         orders = list(message.orders)
+        if self.gate.refused and not self.logged_in:
+            # Known refused: fail fast, before any pricing (no SearchScrip/GetQuotes without a session).
+            self._not_logged_in(orders)
+            return
         if message.together:
             orders.sort(key=lambda o: o.side != "BUY")  # stable: the guard's order within each side
         if not message.together:
@@ -536,6 +657,14 @@ class BrokerActor(SupervisedActor):
             if not self.place(order, *prepared):
                 self._hold_back([o for o, _ in ready[index + 1:]], order, "failed before reaching the broker")
                 return
+
+    def _not_logged_in(self, orders: list[OrderSnapshot]) -> None:
+        reason = self.gate.reason or "no broker session"
+        for order in orders:
+            logger.error("order {} not sent: {}", order.command_id, reason)
+            self.registry.tell("store", TransitionOrder(
+                command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",),
+                tag="SEND_FAILED:NOT_LOGGED_IN", detail=f"{reason}; the order was not sent"[:300]))
 
     def _hold_back(self, orders: list[OrderSnapshot], culprit: OrderSnapshot, why: str) -> None:
         for order in orders:
@@ -564,9 +693,10 @@ class BrokerActor(SupervisedActor):
             reason = exc.detail if isinstance(exc, NoPrice) else f"pricing failed: {exc!r}"
             logger.error("order {} ({} {} {}) not sent: {} [{}]", order.command_id, order.order_type, order.side,
                          order.symbol, reason, tag)
+            where = "" if tag == "SEND_FAILED:NOT_LOGGED_IN" else "market protection: "
             self.registry.tell("store", TransitionOrder(
                 command_id=order.command_id, to_status="FAILED", expect_from=("CREATED",), tag=tag,
-                detail=f"market protection: {reason}"[:300]))
+                detail=f"{where}{reason}"[:300]))
             return None
         try:  # build the request before the claim: a leg we cannot express is FAILED, never "maybe sent"
             return to_place_request(order, limit), detail
@@ -599,9 +729,10 @@ class BrokerActor(SupervisedActor):
             return False
         attempts = self.config.broker.max_send_attempts
         for attempt in range(1, attempts + 1):
-            if not self.logged_in and not self.login():
-                if attempt == attempts:
-                    self._fail(order, "SEND_FAILED:NOT_LOGGED_IN", "no broker session; the order was not sent")
+            if not self._session():
+                if self.gate.refused or attempt == attempts:
+                    why = self.gate.reason if self.gate.refused else "no broker session"
+                    self._fail(order, "SEND_FAILED:NOT_LOGGED_IN", f"{why}; the order was not sent"[:300])
                     return False
                 time.sleep(min(0.2 * attempt, 1.0))
                 continue

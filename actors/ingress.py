@@ -41,6 +41,7 @@ from storage import queries
 
 EXCHANGES = frozenset({"NSE", "NFO", "BSE", "BFO", "MCX", "CDS"})
 REGISTER_TIMEOUT_S = 2.5  # the 202 must leave well inside TradingView's 3 s
+HEALTH_ASK_S = 0.3  # /health's wait for the risk state: a health check must answer fast
 
 _SECRET_FIELD = re.compile(r'("secret_key"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\s]+)', re.IGNORECASE)
 MAX_QTY = 10_000_000  # far above any freeze quantity; keeps absurd numbers out of the database
@@ -428,6 +429,7 @@ class IngressApp:
         self.refusals = RefusalDigest()
         self._refusal_timer: threading.Timer | None = None
         self._timer_lock = threading.Lock()
+        self._risk_seen = "unknown"  # /health: the last risk state the risk actor answered
 
     # ---- WSGI plumbing --------------------------------------------------------------------------
 
@@ -459,9 +461,7 @@ class IngressApp:
         if method == "GET":
             query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
             if path == "/health":
-                ok = self.ready.is_set()
-                return (200 if ok else 503), {"status": "ok" if ok else "starting",
-                                              "accepting": self.accepting.is_set()}
+                return self.health()
             if path == "/orders":
                 try:
                     limit = int(query.get("limit", 100))
@@ -501,6 +501,38 @@ class IngressApp:
         if method == "POST" and path == "/orders/cancel":
             return self.cancel_orders(environ)
         return 404, {"error": f"no route {method} {self.redactor.text(path)}"}
+
+    # ---- GET /health ----------------------------------------------------------------------------
+
+    def health(self) -> tuple[int, dict]:
+        """200 while orders can be sent ("degraded": something is wrong but they still go), else 503; the same
+        body either way. Cheap and never waits on the broker: the session state is shared (SessionGate), the
+        risk state an ask with a short timeout. Answered without credentials: no secret, no account detail."""
+        gate = getattr(self.registry, "broker_session", None)
+        session = gate.snapshot() if gate is not None else {"broker": "logged_in", "websocket": "off",
+                                                             "reason": None}
+        body = {"status": "ok", "broker": session["broker"], "websocket": session["websocket"],
+                "risk": self._risk_state(), "reason": None, "accepting": self.accepting.is_set()}
+        if session["broker"] != "logged_in":
+            body["reason"] = session["reason"] or "no broker session"
+        elif not self.ready.is_set():
+            body["reason"] = "starting: recovery not finished"
+        elif not body["accepting"]:
+            body["reason"] = "not accepting alerts (stopping)"
+        if body["reason"] is not None:
+            body["status"] = "unavailable"
+            return 503, body
+        if session["websocket"] == "down":
+            body["status"], body["reason"] = "degraded", "broker WebSocket down: polling the OrderBook instead"
+        return 200, body
+
+    def _risk_state(self) -> str:
+        """ACTIVE / REDUCING / HALTED; the last known one (or "unknown") when the risk actor is busy."""
+        try:
+            self._risk_seen = self.registry.ask("risk", GetState(), timeout=HEALTH_ASK_S)["state"]
+        except Exception:  # noqa: BLE001 - busy (a PositionBook read) or restarting: /health must answer anyway
+            pass
+        return self._risk_seen
 
     # ---- operator commands: exits on demand, cancel-all -----------------------------------------
 

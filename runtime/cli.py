@@ -98,7 +98,7 @@ def cmd_run(args) -> int:
     from loguru import logger
 
     from actors.ingress import ListenerBindError
-    from runtime.system import System
+    from runtime.system import StartRefused, System
 
     config = _config(args)
     check_startable(config)
@@ -114,6 +114,10 @@ def cmd_run(args) -> int:
         except ListenerBindError as exc:  # a busy port: one line naming host:port and the config key
             _out(f"oms: {exc}", file=sys.stderr)
             system.stop()
+            return EXIT_USAGE
+        except StartRefused as exc:  # e.g. the broker rejects the credentials: the service closes, then says why
+            system.stop()
+            _out(f"oms: {exc}", file=sys.stderr, flush=True)
             return EXIT_USAGE
         except Exception as exc:  # noqa: BLE001 - a start-up failure must be one readable line, exit 2
             logger.error("start-up failed: {}", exc)

@@ -27,6 +27,7 @@ class Registry:
         self._drops: dict[str, dict] = {}
         self._lock = threading.RLock()
         self.supervisor = None
+        self.broker_session = None  # the broker session's state (actors.broker_session.SessionGate), for /health
 
     def set(self, name: str, ref: pykka.ActorRef) -> None:
         with self._lock:

@@ -22,6 +22,7 @@ import pykka
 from loguru import logger
 
 from actors.broker import BrokerActor
+from actors.broker_session import SessionGate
 from actors.guard import GuardActor
 from actors.ingress import IngressActor, IngressApp, create_listener
 from actors.notifier import NotifierActor
@@ -51,7 +52,13 @@ WS_WAIT_AT_START_S = 2.0
 # Start-up reconciliation: the OrderBook read and what it forwards (the read itself is bounded by the REST
 # client's request_timeout_s; a large day's book can take a while to parse).
 RECOVER_TIMEOUT_S = 60.0
+# Start-up: how long the first broker login may take before the start is judged (connect + request timeouts).
+LOGIN_WAIT_S = 60.0
 STOP_ORDER = ("ingress", "risk", "guard", "broker", "watcher", "notifier", "store")
+
+
+class StartRefused(Exception):
+    """The service must not run (e.g. the broker refuses its credentials): one readable line, exit 2."""
 
 
 class System:
@@ -97,6 +104,10 @@ class System:
     def start(self) -> "System":
         self._log_ids = setup_logging(self.data_dir, self.config.service.log_level, stderr=self.log_to_stderr)
         reg, cfg = self.registry, self.config
+        # The broker session's state, kept across BrokerActor restarts and read by /health without an ask (from
+        # the first request on: the listener is bound before the broker logs in).
+        self.broker_session = SessionGate(websocket=cfg.broker.use_websocket)
+        reg.broker_session = self.broker_session
         # The supervisor first: audits of requests refused while starting wait (parked) for the StoreActor.
         self.supervisor = Supervisor(reg, self.factories)
         reg.supervisor = self.supervisor
@@ -118,7 +129,8 @@ class System:
         self.factories.update({
             "store": lambda: StoreActor.start(self.db, reg, subscribers=SUBSCRIBERS),
             "notifier": lambda: NotifierActor.start(reg, cfg),
-            "broker": lambda: BrokerActor.start(reg, cfg, client=self.client, ws_url=ws_url),
+            "broker": lambda: BrokerActor.start(reg, cfg, client=self.client, ws_url=ws_url,
+                                                gate=self.broker_session),
             "watcher": lambda: WatcherActor.start(reg, cfg),
             "guard": lambda: GuardActor.start(reg, cfg),
             "risk": lambda: RiskActor.start(reg, cfg, clock=self.clock),
@@ -126,6 +138,10 @@ class System:
         for name in ("store", "notifier", "broker", "watcher", "guard", "risk"):
             if name == "watcher":  # the first watcher knows recover() reads the book; a restarted one does not
                 reg.set(name, WatcherActor.start(reg, cfg, startup=True))
+            elif name == "broker":  # the first broker's refused credentials stop the start (_check_login)
+                reg.set(name, BrokerActor.start(reg, cfg, client=self.client, ws_url=ws_url,
+                                                gate=self.broker_session, startup=True))
+                self._check_login()
             elif name == "guard":  # recover() dispatches the CREATED legs at start; a restarted guard resumes its own
                 reg.set(name, GuardActor.start(reg, cfg, startup=True))
             else:
@@ -147,6 +163,20 @@ class System:
         self.registry.tell("notifier", Notify(kind="service", text=f"CRITICAL: {self.fatal_reason}. No alert can "
                                                                     f"arrive; the service exits (restart it)."))
         self.fatal.set()
+
+    def _check_login(self) -> None:
+        """Refuse to start when the broker rejects our credentials: retrying cannot help, and every retry brings
+        the account closer to the broker's lock. A network failure is not a rejection: the service starts and
+        keeps trying."""
+        self.registry.ask("broker", "session", timeout=LOGIN_WAIT_S)  # answered once its first login is done
+        session = self.broker_session.snapshot()
+        if session["refused"] and session["credentials"]:
+            b = self.config.broker
+            keys = "auth_code, oauth_client_id, api_secret" if b.auth == "oauth" else \
+                "password, totp_secret, vendor_code, api_secret"
+            why = session["reason"].removeprefix("broker login refused: ")
+            raise StartRefused(f"the broker refused the login of {b.user_id or '(no user_id)'}: {why} "
+                               f"(check [broker] {keys})")
 
     def recover(self) -> None:
         """Before the listener accepts alerts: reconcile with the broker, then settle CREATED orders.
@@ -213,7 +243,7 @@ class System:
                 self.registry.ask("ingress", "refuse", timeout=5)
             except (pykka.ActorDeadError, pykka.Timeout):
                 pass
-            if self.db is not None and not self.drain(self.config.service.shutdown_drain_s):
+            if self.started and self.db is not None and not self.drain(self.config.service.shutdown_drain_s):
                 logger.warning("stopping with orders still in flight; restart recovery will settle them")
         self.registry.tell("notifier", Notify(kind="service", text="shoonya-oms stopping"))
         if self.supervisor is not None:

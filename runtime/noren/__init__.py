@@ -4,6 +4,7 @@ from runtime.noren.errors import (
     BrokerError,
     BrokerProtocolError,
     BrokerRejected,
+    CredentialsRejected,
     LoginFailed,
     NotSent,
     RateLimited,
@@ -12,6 +13,7 @@ from runtime.noren.errors import (
     classify_request_exception,
     error_from_emsg,
     error_from_http_status,
+    is_credentials_rejection,
     is_no_data,
     is_session_expired,
 )
@@ -22,6 +24,7 @@ __all__ = [
     "BrokerError",
     "BrokerProtocolError",
     "BrokerRejected",
+    "CredentialsRejected",
     "LoginFailed",
     "NorenRestClient",
     "NorenWebSocket",
@@ -33,6 +36,7 @@ __all__ = [
     "classify_request_exception",
     "error_from_emsg",
     "error_from_http_status",
+    "is_credentials_rejection",
     "is_no_data",
     "is_session_expired",
 ]

@@ -2,7 +2,10 @@
 
     BrokerError                 base
     +-- BrokerRejected          the broker answered Not_Ok: it said no. Safe to report; nothing happened.
-    |   +-- LoginFailed         QuickAuth / GenAcsTok refused (wrong password, bad OTP, ...)
+    |   +-- LoginFailed         QuickAuth / GenAcsTok answered Not_Ok (or 401/403): the broker refused the login
+    |       +-- CredentialsRejected     ... because of the credentials (its emsg names the password, OTP,
+    |                                   vendor code, app key, user, OAuth code): retrying cannot help and the
+    |                                   broker locks the account after a few wrong attempts
     +-- SessionExpired          `Session Expired ...` in-band, or HTTP 401/403: log in again, then resending is safe
     +-- NotSent                 the request never took effect (connect refused/timeout, DNS, ...): retry is safe
     |   +-- RateLimited         HTTP 429
@@ -55,7 +58,11 @@ class BrokerRejected(BrokerError):
 
 
 class LoginFailed(BrokerRejected):
-    """QuickAuth / GenAcsTok refused the credentials."""
+    """QuickAuth / GenAcsTok refused the login (stat Not_Ok, or HTTP 401/403). Never a network failure."""
+
+
+class CredentialsRejected(LoginFailed):
+    """The login was refused because of the credentials (see `is_credentials_rejection`)."""
 
 
 class SessionExpired(BrokerError):
@@ -96,6 +103,21 @@ def is_session_expired(emsg: str | None) -> bool:
     return bool(emsg) and bool(_SESSION_EXPIRED.search(emsg))
 
 
+# What the broker's login emsg says when a credential is wrong, e.g. `Invalid Input : Wrong Password`,
+# `Invalid Input : Invalid OTP`, `Invalid Input : Invalid Vendor Code`, `Invalid Input : Invalid App Key`,
+# `Invalid Input : User Blocked`. Matched loosely (wording differs between Noren deployments).
+_CREDENTIALS = re.compile(
+    r"password|\bpwd\b|\bt?otp\b|factor ?2|two.?factor|\b2fa\b|vendor|\bvc\b|app ?key|api ?key|api.?secret"
+    r"|\buser\b|\buser ?id\b|\buid\b|blocked|locked|disabled|checksum|auth(?:orization)? ?code|invalid\s+code",
+    re.IGNORECASE,
+)
+
+
+def is_credentials_rejection(emsg: str | None) -> bool:
+    """A login emsg that blames the credentials (as opposed to e.g. a busy server)."""
+    return bool(emsg) and bool(_CREDENTIALS.search(emsg))
+
+
 def is_no_data(emsg: str | None) -> bool:
     """`Error Occurred : 5 "no data"`: an empty book, not an error."""
     return bool(emsg) and bool(_NO_DATA.search(emsg))
@@ -126,7 +148,8 @@ def error_from_emsg(emsg: str | None, route: str | None = None, *, login: bool =
     if is_session_expired(text) and not login:
         return SessionExpired(f"{prefix}{text}", route=route, emsg=text)
     if login:
-        return LoginFailed(f"{prefix}{text}", route=route, emsg=text)
+        cls = CredentialsRejected if is_credentials_rejection(text) else LoginFailed
+        return cls(f"{prefix}{text}", route=route, emsg=text)
     return BrokerRejected(f"{prefix}{text}", route=route, emsg=text)
 
 

@@ -57,7 +57,6 @@ from messages.noren import (
 from runtime.noren.errors import (
     BrokerProtocolError,
     BrokerRejected,
-    LoginFailed,
     SessionExpired,
     classify_request_exception,
     error_from_emsg,
@@ -311,8 +310,9 @@ class NorenRestClient:
             emsg = _emsg_of(text)
             if emsg is not None:
                 http_error.emsg = emsg
-                # A plain 4xx (not 401/403/429) carrying a Not_Ok emsg: the broker's own words decide.
-                if isinstance(http_error, BrokerRejected) and not isinstance(http_error, LoginFailed):
+                # A plain 4xx (not 401/403/429), or any refused login, carrying a Not_Ok emsg: the broker's own
+                # words decide (a login's emsg tells a wrong credential from anything else).
+                if isinstance(http_error, BrokerRejected):
                     http_error = error_from_emsg(emsg, route, login=login)
                     http_error.http_status = status
             raise http_error from None

@@ -208,6 +208,14 @@ class PaperExchange:
 
         return self._call(reset)
 
+    def set_users(self, **users: str | None) -> dict:
+        """Like POST /paper/users: change (or drop, None) the password QuickAuth checks for a uid."""
+        return self._call(lambda server: server.set_users(users))
+
+    def logins(self) -> dict[str, dict[str, int]]:
+        """Like GET /paper/logins: QuickAuth attempts and refusals per uid."""
+        return self._call(lambda server: {uid: dict(c) for uid, c in server.logins.items()})
+
     def orders(self) -> list[dict]:
         """Like GET /paper/orders: every order of every account."""
         return self._call(lambda server: server.engine.all_orders())

@@ -130,6 +130,9 @@ class PaperServer:
             self.engine.reserve = self.save_now
         self.faults = Faults()
         self.sessions: dict[str, Session] = {}
+        # uid -> password checked at QuickAuth (settable at run time: POST /paper/users); login counts per uid.
+        self.users: dict[str, str] = dict(config.users)
+        self.logins: dict[str, dict[str, int]] = {}
         self.clients: set[Client] = set()
         self._runner: web.AppRunner | None = None
         self._clock: asyncio.Task | None = None
@@ -371,8 +374,11 @@ class PaperServer:
         uid = as_text(data.get("uid"))
         if not uid:
             return self._error("Invalid Input : uid is Missing.", now)
-        password = self.config.users.get(uid)
+        counts = self.logins.setdefault(uid, {"attempts": 0, "refused": 0})
+        counts["attempts"] += 1
+        password = self.users.get(uid)
         if password is not None and as_text(data.get("pwd")) != hashlib.sha256(password.encode()).hexdigest():
+            counts["refused"] += 1
             return self._error("Invalid Input : Wrong Password", now)
         session = self._new_session(uid)
         self.engine.account(uid)
@@ -593,6 +599,13 @@ class PaperServer:
                 return self._json({"ok": False, "error": f"no order {number}"}, 404)
             logger.info("paper exchange: order {} forgotten (test control)", number)
             return self._json({"ok": True, "norenordno": number})
+        if path == "/paper/users" and method == "POST":  # {"uid": "password" | null}: change a password now
+            try:
+                return self._json(self.set_users(body))
+            except ValueError as exc:
+                return self._json({"ok": False, "error": str(exc)}, 400)
+        if path == "/paper/logins" and method == "GET":
+            return self._json({"ok": True, "logins": self.logins})
         if path == "/paper/ltp" and method == "POST":
             try:
                 return self._json(self.set_ltp(body))
@@ -622,6 +635,17 @@ class PaperServer:
             await self._close_clients(list(self.clients), WSCloseCode.GOING_AWAY, b"dropped (paper fault)")
             logger.info("paper exchange: every websocket dropped (fault)")
         return self.fault_state()
+
+    def set_users(self, body: dict) -> dict:
+        """Set (a string) or drop (null) the password QuickAuth checks for each uid given; never echoed."""
+        if not all(isinstance(v, str) or v is None for v in body.values()):
+            raise ValueError("expected {uid: password or null}")
+        for uid, password in body.items():
+            if password is None:
+                self.users.pop(uid, None)
+            else:
+                self.users[uid] = password
+        return {"ok": True, "users": sorted(self.users)}
 
     def reset_faults(self) -> None:
         self.faults = Faults()
