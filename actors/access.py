@@ -97,8 +97,11 @@ def check_signature(secret: str, signature: str | None, timestamp: str | None, p
         return "X-Timestamp is not Unix seconds"
     if abs(now - stamp) > SIGNATURE_WINDOW_S:
         return "X-Timestamp outside +/-5 minutes"
-    expected = signature_v2(secret, timestamp.strip(), path, body)
-    if not hmac.compare_digest(expected, signature.strip().lower()):
+    try:  # a header is latin-1 text; anything not ASCII cannot be a hex digest
+        given = signature.strip().lower().encode("ascii")
+    except UnicodeEncodeError:
+        return "signature is not a hex digest"
+    if not hmac.compare_digest(signature_v2(secret, timestamp.strip(), path, body).encode(), given):
         return "signature does not match"
     return None
 
@@ -118,6 +121,13 @@ def _networks(values) -> tuple:
         except ValueError:
             continue
     return tuple(out)
+
+
+def _is_loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address((address or "").strip()).is_loopback
+    except ValueError:
+        return False
 
 
 def _in(address: str | None, networks) -> bool:
@@ -155,8 +165,10 @@ class Addresses:
         return not self.allow or _in(client, self.allow)
 
     def never_locked(self, client: str) -> bool:
-        """Addresses that carry the trader's own alerts (shared by every TradingView user): never locked out."""
-        return _in(client, self.allow) or _in(client, _networks(TRADINGVIEW_IPS))
+        """Addresses that carry the trader's own alerts (shared by every TradingView user) and loopback (the
+        `oms` commands; a local reverse proxy whose clients cannot be told apart without trusted_proxies):
+        never locked out — a stranger must not be able to block the trader's own exits."""
+        return _in(client, self.allow) or _in(client, _networks(TRADINGVIEW_IPS)) or _is_loopback(client)
 
 
 @dataclass

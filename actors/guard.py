@@ -39,7 +39,6 @@ from actors.guard_book import (
     InFlight,
     alert_group,
     is_blocker_tag,
-    other_leg_tag,
     plan_entry,
     plan_exit,
     split_quantities,

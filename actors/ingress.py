@@ -17,6 +17,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -25,10 +26,12 @@ import pykka
 from loguru import logger
 from pydantic import ValidationError
 
+from actors.access import Addresses, Lockout, bearer, check_signature, constant_equal, signature_key
 from actors.base import SupervisedActor
 from messages.alerts import WebhookAlert, WebhookLeg
 from messages.commands import (
     CancelOrder,
+    ClaimSignature,
     GetState,
     Notify,
     OrdersRegistered,
@@ -41,6 +44,8 @@ from storage import queries
 
 EXCHANGES = frozenset({"NSE", "NFO", "BSE", "BFO", "MCX", "CDS"})
 REGISTER_TIMEOUT_S = 2.5  # the 202 must leave well inside TradingView's 3 s
+# Signatures are remembered a little longer than the +/-5 minute window in which one is accepted at all.
+SIGNATURE_MEMORY_S = 900.0
 HEALTH_ASK_S = 0.3  # /health's wait for the risk state: a health check must answer fast
 
 _SECRET_FIELD = re.compile(r'("secret_key"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\s]+)', re.IGNORECASE)
@@ -101,10 +106,11 @@ class Redactor:
         self.spellings = sorted((x for x in spellings if x), key=len, reverse=True)
 
     @classmethod
-    def from_config(cls, config) -> "Redactor":
-        b, t = config.broker, getattr(config, "telegram", None)
+    def from_config(cls, config, *extra: str) -> "Redactor":
+        b, t, o = config.broker, getattr(config, "telegram", None), getattr(config, "operator", None)
         return cls([config.webhook.secret_key, b.password, b.totp_secret, b.api_secret, b.auth_code,
-                    getattr(t, "token", "")])
+                    getattr(t, "token", ""), getattr(config.webhook, "path_token", ""), getattr(o, "token", ""),
+                    getattr(o, "password", ""), *extra])
 
     def text(self, text: str | None) -> str | None:
         if not text:
@@ -239,17 +245,6 @@ def parse_json(body: bytes) -> Any:
     return data
 
 
-def signature_ok(body: bytes, signature: str | None, secret: str) -> bool:
-    if not signature or not secret:
-        return False
-    try:  # a header is latin-1 text; anything not ASCII cannot be a hex digest
-        given = signature.strip().lower().encode("ascii")
-    except UnicodeEncodeError:
-        return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest().encode()
-    return hmac.compare_digest(expected, given)
-
-
 def secret_ok(given: str | None, secret: str) -> bool:
     if not secret or not isinstance(given, str):
         return False
@@ -347,8 +342,12 @@ class Outcome:
     stored_body: str | None = None  # the request body for the audit row, secrets redacted
 
 
-def parse_webhook(body: bytes, signature: str | None, secret: str, redactor: Redactor | None = None) -> Outcome:
-    """Steps before registration: JSON, authentication, shape. Pure; never raises for any body."""
+def parse_webhook(body: bytes, secret: str, redactor: Redactor | None = None, *,
+                  authenticated: bool = False) -> Outcome:
+    """Steps before registration: JSON, authentication, shape. Pure; never raises for any body.
+
+    `authenticated`: the request already proved itself (a path token, a fresh signature); otherwise the body's
+    `secret_key` must be the webhook secret."""
     redactor = redactor or Redactor([secret])
 
     def refuse(status: int, error: str, outcome: str, errors: list[str], stored: str | None) -> Outcome:
@@ -365,7 +364,7 @@ def parse_webhook(body: bytes, signature: str | None, secret: str, redactor: Red
     if not isinstance(data, dict):
         return refuse(400, "wrong shape", "invalid", ["body: the alert must be a JSON object"], stored)
     lowered = {str(k).strip().lower(): v for k, v in data.items()}
-    if not (signature_ok(body, signature, secret) or secret_ok(lowered.get("secret_key"), secret)):
+    if not (authenticated or secret_ok(lowered.get("secret_key"), secret)):
         return refuse(401, "unauthorized: bad or missing secret_key / X-Signature", "unauthorized",
                       ["unauthorized"], stored)
     where = redactor.found_in(data)
@@ -417,15 +416,28 @@ class RefusalDigest:
         return Notify(kind="refused", text=f"Refused {total} webhook/operator request(s) ({what}) from {where}")
 
 
-class IngressApp:
-    """The WSGI application: POST /webhook and the read API."""
+WEBHOOK, OPERATOR = "webhook", "operator"
 
-    def __init__(self, registry, config):
+
+class IngressApp:
+    """The WSGI application of one listener: the webhook surface (`POST /webhook[/<path_token>]`, `GET /health`)
+    and/or the operator surface (everything else; operator credentials required).
+
+    Both surfaces share the service port unless `[operator] port` gives the operator surface its own listener
+    (then each listener's app serves one surface, and /health on both)."""
+
+    def __init__(self, registry, config, *, operator_token: str = "", surfaces=(WEBHOOK, OPERATOR),
+                 lockout: Lockout | None = None):
         self.registry = registry
         self.config = config
+        self.surfaces = frozenset(surfaces)
+        self.operator_token = operator_token or config.operator.token
+        self.addresses = Addresses.from_config(config.service.trusted_proxies, config.webhook.allow_ips)
+        self.lockout = lockout or Lockout()
+        self._lockout_lock = threading.Lock()
         self.accepting = threading.Event()
         self.ready = threading.Event()
-        self.redactor = Redactor.from_config(config)
+        self.redactor = Redactor.from_config(config, self.operator_token)
         self.refusals = RefusalDigest()
         self._refusal_timer: threading.Timer | None = None
         self._timer_lock = threading.Lock()
@@ -451,17 +463,79 @@ class IngressApp:
 
     def route(self, method: str, path: str, environ) -> tuple[int, Any]:
         path = "/" + path.strip("/")
-        if path == "/webhook":
-            if method != "POST":
-                return 405, {"error": "use POST"}
-            return self.webhook(environ)
+        client = self.addresses.client(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"))
+        environ["oms.client"] = client  # what every audit row of this request records
+        if self._locked_out(client):
+            self._record(RecordAlert(source=_source(path), outcome="locked_out", http_status=429, remote_addr=client,
+                                     error=f"{method} {self._shown(path)}: too many failed authentications"))
+            return 429, {"error": "too many failed authentications from this address; try again later"}
+        if path == "/webhook" or path.startswith("/webhook/"):
+            return self._webhook_surface(method, path, environ, client)
+        if path == "/health" and method == "GET":
+            return self.health()
+        if OPERATOR not in self.surfaces:
+            return 404, {"error": f"no route {method} {self._shown(path)}"}
+        if not self._operator_ok(environ):
+            self._failed_auth(client)
+            self._record(RecordAlert(source="operator", outcome="unauthorized", http_status=401, remote_addr=client,
+                                     error=f"{method} {self._shown(path)}: no operator credentials"))
+            return 401, {"error": "unauthorized: the operator surface needs 'Authorization: Bearer <operator token>'"}
         if not self.ready.is_set():  # bound before the database and the broker: nothing else answers yet
             return 503, {"status": "starting", "error": "the service is starting; retry later",
                          "accepting": False}
+        return self._operator_route(method, path, environ)
+
+    def _webhook_surface(self, method: str, path: str, environ, client: str) -> tuple[int, Any]:
+        if WEBHOOK not in self.surfaces:
+            return 404, {"error": f"no route {method} {self._shown(path)}"}
+        by_path = path != "/webhook"
+        if by_path and not constant_equal(path.removeprefix("/webhook/"), self.config.webhook.path_token):
+            # A wrong path token is an unknown path: nothing tells a scanner it was close.
+            self._failed_auth(client)
+            self._record(RecordAlert(outcome="unauthorized", http_status=404, remote_addr=client,
+                                     error=f"{method} /webhook/***: wrong path token"))
+            return 404, {"error": f"no route {method} /webhook/***"}
+        if method != "POST":
+            return 405, {"error": "use POST"}
+        if not self.addresses.may_send_alerts(client):
+            self._record(RecordAlert(outcome="forbidden", http_status=403, remote_addr=client,
+                                     error=f"{client} is not in webhook.allow_ips"))
+            return 403, {"error": "this address may not send alerts (webhook.allow_ips)"}
+        return self.webhook(environ, by_path=by_path)
+
+    def _operator_ok(self, environ) -> bool:
+        """`Authorization: Bearer <operator token>`. Never answered without it: not from loopback, not behind a
+        proxy, not with the webhook secret."""
+        return constant_equal(bearer(environ.get("HTTP_AUTHORIZATION")), self.operator_token)
+
+    def _locked_out(self, client: str) -> bool:
+        if self.addresses.never_locked(client):
+            return False
+        with self._lockout_lock:
+            return self.lockout.locked(client, time.monotonic())
+
+    def _failed_auth(self, client: str) -> None:
+        """One failed authentication; the tenth in five minutes locks the address out for fifteen (one
+        notification). Never an address that carries the trader's own alerts (allow_ips, TradingView's)."""
+        if self.addresses.never_locked(client):
+            return
+        with self._lockout_lock:
+            locked = self.lockout.failed(client, time.monotonic())
+        if locked:
+            logger.bind(event="lockout", client=client).warning("{} locked out for 15 minutes after repeated "
+                                                                "failed authentications", client)
+            self.registry.tell("notifier", Notify(kind="refused", text=f"{client} locked out for 15 minutes: "
+                                                                        f"10 failed authentications in 5 minutes"))
+
+    def _shown(self, path: str) -> str:
+        """A path as it may appear in an answer, an audit row or a log: never a path token or any secret."""
+        if path.startswith("/webhook/"):
+            return "/webhook/***"
+        return self.redactor.text(path)
+
+    def _operator_route(self, method: str, path: str, environ) -> tuple[int, Any]:
         if method == "GET":
             query = {k: v[-1] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-            if path == "/health":
-                return self.health()
             if path == "/orders":
                 try:
                     limit = int(query.get("limit", 100))
@@ -483,7 +557,7 @@ class IngressApp:
                 return 200, self.registry.ask("risk", GetState(), timeout=5)
         if method == "POST" and path in ("/risk/halt", "/risk/resume", "/risk/reduce", "/risk/flatten",
                                          "/risk/flatten/stop"):
-            # The risk commands' parsing and authentication live with RiskActor.
+            # The risk commands' parsing lives with RiskActor.
             from actors.risk import risk_request
 
             data = self._operator_body(environ, path.lstrip("/"))
@@ -500,7 +574,7 @@ class IngressApp:
             return self.exit_positions(environ)
         if method == "POST" and path == "/orders/cancel":
             return self.cancel_orders(environ)
-        return 404, {"error": f"no route {method} {self.redactor.text(path)}"}
+        return 404, {"error": f"no route {method} {self._shown(path)}"}
 
     # ---- GET /health ----------------------------------------------------------------------------
 
@@ -537,9 +611,8 @@ class IngressApp:
     # ---- operator commands: exits on demand, cancel-all -----------------------------------------
 
     def _operator_body(self, environ, action: str) -> dict | tuple[int, dict]:
-        """The JSON body of an operator command, authenticated with the webhook secret (or the refusal)."""
-        remote = environ.get("REMOTE_ADDR")
-        secret = self.config.webhook.secret_key
+        """The JSON body of an operator command (the caller has been authenticated as the operator)."""
+        remote = environ.get("oms.client") or environ.get("REMOTE_ADDR")
         try:
             length = int(environ.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -561,11 +634,7 @@ class IngressApp:
                                      body=self.redactor.dumps(data), error=f"{action}: not a JSON object"))
             return 400, {"error": "the body must be a JSON object"}
         data = {str(k).strip().lower(): v for k, v in data.items()}
-        if not (signature_ok(body, environ.get("HTTP_X_SIGNATURE"), secret) or secret_ok(data.get("secret_key"), secret)):
-            self._record(RecordAlert(source="manual", outcome="unauthorized", http_status=401, remote_addr=remote,
-                                     body=self.redactor.dumps(data), error=action))
-            return 401, {"error": "unauthorized: bad or missing secret_key / X-Signature"}
-        data.pop("secret_key", None)
+        data.pop("secret_key", None)  # authorizes nothing here (the operator token does); never stored
         for key in ("strategy", "symbol", "exchange"):
             if data.get(key) is not None and (not isinstance(data[key], str) or not data[key].strip()):
                 return 400, {"error": f"{key} must be a non-empty string"}
@@ -625,9 +694,9 @@ class IngressApp:
 
     # ---- POST /webhook --------------------------------------------------------------------------
 
-    def webhook(self, environ) -> tuple[int, Any]:
+    def webhook(self, environ, *, by_path: bool = False) -> tuple[int, Any]:
         received = time.monotonic()
-        remote = environ.get("REMOTE_ADDR")
+        remote = environ.get("oms.client") or environ.get("REMOTE_ADDR")
         secret = self.config.webhook.secret_key
         limit = self.config.service.max_body_bytes
         if not self.accepting.is_set():
@@ -648,7 +717,14 @@ class IngressApp:
             self._record(RecordAlert(outcome="too_large", http_status=413, remote_addr=remote,
                                      error=f"body over the {limit} byte limit"))
             return 413, {"error": f"body over the {limit} byte limit"}
-        result = parse_webhook(body, environ.get("HTTP_X_SIGNATURE"), secret, self.redactor)
+        signed = None
+        if environ.get("HTTP_X_SIGNATURE") and not by_path:
+            signed = self._check_signature(environ, body)
+            if isinstance(signed, tuple):
+                return signed
+        result = parse_webhook(body, secret, self.redactor, authenticated=by_path or signed is True)
+        if result.status == 401:
+            self._failed_auth(remote)
         if result.alert is None:
             self._record(RecordAlert(outcome=result.outcome, http_status=result.status, remote_addr=remote,
                                      body=result.stored_body, error="; ".join(result.errors)[:2000]))
@@ -660,6 +736,32 @@ class IngressApp:
                                      alert_id=alert.alert_id, strategy_name=alert.strategy_name, error=error))
             return 400, {"error": "wrong shape", "errors": [error]}
         return self.register(alert, source="webhook", remote=remote, body=result.stored_body, received_mono=received)
+
+    def _check_signature(self, environ, body: bytes) -> bool | tuple[int, dict]:
+        """`X-Signature` = hex HMAC-SHA256(secret, X-Timestamp + "\\n" + path + "\\n" + body), X-Timestamp within
+        +/-5 minutes, each signature usable once (the memory is in the database: a replay after a restart is
+        refused too). True, or the refusal (audited, counted against the address)."""
+        remote = environ.get("oms.client") or environ.get("REMOTE_ADDR")
+        path = environ.get("PATH_INFO") or "/webhook"
+        signature = environ.get("HTTP_X_SIGNATURE") or ""
+        why = check_signature(self.config.webhook.secret_key, signature, environ.get("HTTP_X_TIMESTAMP"), path, body,
+                              time.time())
+        if why is None:
+            try:
+                forget = datetime.now(timezone.utc) - timedelta(seconds=SIGNATURE_MEMORY_S)
+                fresh = self.registry.ask("store", ClaimSignature(
+                    key=signature_key(signature), forget_before=forget.isoformat(timespec="microseconds")),
+                    timeout=REGISTER_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - a replay cannot be ruled out: refuse, the sender retries
+                logger.error("signature memory unavailable ({!r}); answering 503", exc)
+                return 503, {"error": "could not check the signature now; retry later"}
+            if fresh:
+                return True
+            why = "signature already used (a replay)"
+        self._failed_auth(remote)
+        self._record(RecordAlert(outcome="unauthorized", http_status=401, remote_addr=remote,
+                                 body=self.redactor.raw(body.decode("utf-8", "replace")), error=f"X-Signature: {why}"))
+        return 401, {"error": f"unauthorized: {why}"}
 
     def register(self, alert: WebhookAlert, *, source: str, remote: str | None = None,
                  body: str | None = None, received_mono: float | None = None) -> tuple[int, Any]:
@@ -777,12 +879,12 @@ LISTENER_CHANNEL_TIMEOUT_S = 15  # an idle connection (no request in progress) i
 LISTENER_CLEANUP_INTERVAL_S = 2  # how often idle connections are looked for
 
 
-def create_listener(app, config, port: int):
+def create_listener(app, config, port: int, host: str | None = None):
     """Bind the waitress server (not yet serving). poll() instead of select(): no descriptor number a client
     can reach stops the loop; connections capped below RLIMIT_NOFILE; idle ones closed after a few seconds."""
     from waitress.server import create_server
 
-    host = config.service.host
+    host = host or config.service.host
     limit = connection_limit(raise_fd_limit())
     try:
         server = create_server(
@@ -793,7 +895,9 @@ def create_listener(app, config, port: int):
             max_request_body_size=max(16 * 1024 * 1024, config.service.max_body_bytes * 16),
             asyncore_use_poll=True, connection_limit=limit,
             channel_timeout=LISTENER_CHANNEL_TIMEOUT_S, cleanup_interval=LISTENER_CLEANUP_INTERVAL_S,
-            clear_untrusted_proxy_headers=True, ident="shoonya-oms",
+            # X-Forwarded-For reaches the app, which believes it only from `[service] trusted_proxies`
+            # (actors/access.py Addresses.client).
+            clear_untrusted_proxy_headers=False, ident="shoonya-oms",
         )
     except OSError as exc:
         raise ListenerBindError(f"cannot listen on {host}:{port} (config service.host / service.port): "
@@ -813,10 +917,11 @@ class IngressActor(SupervisedActor):
     registry_name = "ingress"
 
     def __init__(self, registry, config, *, app: IngressApp | None = None, port: int | None = None,
-                 server=None, on_death: Callable[[str], None] | None = None):
+                 server=None, on_death: Callable[[str], None] | None = None, host: str | None = None):
         super().__init__(registry)
         self.app = app or IngressApp(registry, config)
         self.config = config
+        self.host = host or config.service.host
         self.port = config.service.port if port is None else port
         self.server = server  # already bound by the System at start; a restarted actor binds again
         self.on_death = on_death
@@ -826,7 +931,7 @@ class IngressActor(SupervisedActor):
 
     def on_start(self):
         if self.server is None:
-            self.server = create_listener(self.app, self.config, self.port)
+            self.server = create_listener(self.app, self.config, self.port, self.host)
         self.port = int(self.server.effective_port)  # waitress gives the numeric service name (a str)
         server, actor = self.server, self
         original_close = server.close
@@ -841,9 +946,10 @@ class IngressActor(SupervisedActor):
         server.close = close
         if self.app.ready.is_set():  # a restarted listener after start-up takes alerts again
             self.app.accepting.set()
-        self.thread = threading.Thread(target=self._serve, name="ingress-listener", daemon=True)
+        self.thread = threading.Thread(target=self._serve, name=f"{self.registry_name}-listener", daemon=True)
         self.thread.start()
-        logger.info("listener on http://{}:{}", self.config.service.host, self.port)
+        logger.info("{} listener on http://{}:{} ({})", self.registry_name, self.host, self.port,
+                    " + ".join(sorted(self.app.surfaces)))
 
     def _serve(self):
         reason = "the listener loop ended"
@@ -887,3 +993,13 @@ class IngressActor(SupervisedActor):
                 pass
         if self.thread is not None:
             self.thread.join(timeout=5)
+
+
+def _source(path: str) -> str:
+    return "webhook" if path == "/webhook" or path.startswith("/webhook/") else "operator"
+
+
+class OperatorIngressActor(IngressActor):
+    """The operator surface on its own listener (`[operator] host/port`): the same app code, one surface."""
+
+    registry_name = "operator"

@@ -20,6 +20,7 @@ from actors.notifier import describe_change
 
 from messages.commands import (
     AmendExitLeg,
+    ClaimSignature,
     NoteOrder,
     Notify,
     BrokerOrderReport,
@@ -37,7 +38,7 @@ from messages.commands import (
 )
 from messages.orders import OrderChanged, OrderSnapshot
 from storage import transitions as T
-from storage.models import Alert, ExternalOrder, LedgerAdjustment, Order, OrderEvent, utc_now
+from storage.models import Alert, ExternalOrder, LedgerAdjustment, Order, OrderEvent, SeenSignature, utc_now
 
 
 def new_command_id() -> str:
@@ -314,6 +315,14 @@ class OrderStore:
             self._event(msg.command_id, row["status"], row["status"], row["tag"], msg.detail, utc_now())
         return True
 
+    def claim_signature(self, msg: ClaimSignature) -> bool:
+        with self.db.atomic():
+            SeenSignature.delete().where(SeenSignature.at < msg.forget_before).execute()
+            p = self.db.param
+            inserted = self.db.execute_sql(f'INSERT OR IGNORE INTO "seen_signatures" ("key", "at") VALUES ({p}, {p})',
+                                           (msg.key, utc_now())).rowcount
+        return inserted == 1
+
     def write_off(self, msg: WriteOffPosition) -> None:
         """A ledger correction, and an event on the exit that found it (one transaction)."""
         now = utc_now()
@@ -481,6 +490,8 @@ class StoreActor(SupervisedActor):
             return self.store.amend_exit_leg(message)
         if isinstance(message, NoteOrder):
             return self.store.note_order(message)
+        if isinstance(message, ClaimSignature):
+            return self.store.claim_signature(message)
         if isinstance(message, WriteOffPosition):
             self.store.write_off(message)
             logger.bind(event="ledger_write_off", strategy=message.strategy_name, symbol=message.symbol,

@@ -157,6 +157,14 @@ class SendLegs(_Frozen):
     together: bool = False
 
 
+class ClaimSignature(_Frozen):
+    """Ingress -> Store (ask): remember a webhook signature; True the first time, False when it was seen before
+    (a replay). `forget_before`: rows older than this (UTC ISO) are pruned."""
+
+    key: str
+    forget_before: str
+
+
 class NoteOrder(_Frozen):
     """-> Store: an event on an order that changes no field (e.g. an EXIT wing held until its buy-backs fill)."""
 

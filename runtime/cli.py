@@ -385,18 +385,44 @@ class ServiceError(Exception):
 
 
 def _service_url(config: Config) -> str:
-    host = config.service.host
+    """Where the operator surface listens: its own `[operator] host/port`, else the service's."""
+    separate = bool(config.operator.port)
+    host = (config.operator.host or config.service.host) if separate else config.service.host
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    return f"http://{f'[{host}]' if ':' in host else host}:{config.service.port}"
+    port = config.operator.port if separate else config.service.port
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def cmd_operator(args) -> int:
+    """`oms operator hash-password`: a scrypt hash for `[operator] password` (the password itself is read
+    without echo, or from standard input when it is not a terminal; it is never printed)."""
+    import getpass
+
+    from actors.access import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("operator password: ")
+        if getpass.getpass("again: ") != password:
+            _out("oms: the two passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        _out("oms: use at least 12 characters", file=sys.stderr)
+        return EXIT_USAGE
+    _out(hash_password(password))
+    return EXIT_OK
 
 
 def _service_call(config: Config, method: str, path: str, body: dict | None = None) -> dict:
     import requests
 
+    from runtime.operator_token import operator_token
+
     url = _service_url(config) + path
-    # An `[operator] token` (when the config has one) authenticates the operator surface.
-    token = getattr(getattr(config, "operator", None), "token", "")
+    # The operator token: `[operator] token`, else the one the service generated into its data_dir.
+    token = operator_token(config)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         reply = requests.request(method, url, json=body, timeout=20, headers=headers)
@@ -458,18 +484,18 @@ def cmd_risk(args) -> int:
         if args.action == "status":
             view = _service_call(config, "GET", "/risk")
         elif args.action == "halt":
-            view = _service_call(config, "POST", "/risk/halt", {"secret_key": config.webhook.secret_key})
+            view = _service_call(config, "POST", "/risk/halt", {})
             if args.flatten:
-                view = _service_call(config, "POST", "/risk/flatten", {"secret_key": config.webhook.secret_key})
+                view = _service_call(config, "POST", "/risk/flatten", {})
         elif args.action == "reduce":
-            view = _service_call(config, "POST", "/risk/reduce", {"secret_key": config.webhook.secret_key})
+            view = _service_call(config, "POST", "/risk/reduce", {})
         elif args.action == "stop-flatten":
-            view = _service_call(config, "POST", "/risk/flatten/stop", {"secret_key": config.webhook.secret_key})
+            view = _service_call(config, "POST", "/risk/flatten/stop", {})
             if not args.json:
                 stopped = view.get("flatten_stopped") or []
                 _out(f"{len(stopped)} flatten job(s) stopped" if stopped else "no flatten was running")
         else:
-            view = _service_call(config, "POST", "/risk/resume", {"secret_key": config.webhook.secret_key})
+            view = _service_call(config, "POST", "/risk/resume", {})
     except ServiceError as exc:
         _out(f"oms: {exc}", file=sys.stderr)
         return EXIT_PROBLEM
@@ -487,7 +513,7 @@ def cmd_exit(args) -> int:
     if not (args.all or args.strategy or args.exchange or args.symbol):
         _out("oms: error: oms exit needs --all, --strategy NAME, --symbol TSYM or --exchange EXCH", file=sys.stderr)
         return EXIT_USAGE
-    body = {"secret_key": config.webhook.secret_key}
+    body = {}
     for key in ("strategy", "symbol"):
         if getattr(args, key):
             body[key] = getattr(args, key)
@@ -578,7 +604,7 @@ def cmd_cancel(args) -> int:
         _out("usage: oms cancel --all | --strategy NAME | --symbol TSYM  (--all is needed to cancel every open "
              "order)", file=sys.stderr)
         return EXIT_USAGE
-    body = {"secret_key": config.webhook.secret_key}
+    body = {}
     for key in ("strategy", "symbol"):
         if getattr(args, key):
             body[key] = getattr(args, key)
@@ -736,6 +762,12 @@ def build_parser() -> argparse.ArgumentParser:
     backup = with_config(sub.add_parser("backup", help="a consistent copy of the database, safe while running"))
     backup.add_argument("path", help="the new file (or an existing directory: orders-<UTC time>.db in it)")
     backup.set_defaults(func=cmd_backup)
+
+    operator = sub.add_parser("operator", help="operator credentials: hash-password makes a hash for "
+                                               "[operator] password")
+    operator.add_argument("action", choices=("hash-password",),
+                          help="hash-password: read a password (no echo) and print its scrypt hash")
+    operator.set_defaults(func=cmd_operator)
     return parser
 
 

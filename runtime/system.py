@@ -24,7 +24,7 @@ from loguru import logger
 from actors.broker import BrokerActor
 from actors.broker_session import SessionGate
 from actors.guard import GuardActor
-from actors.ingress import IngressActor, IngressApp, create_listener
+from actors.ingress import OPERATOR, WEBHOOK, IngressActor, IngressApp, OperatorIngressActor, create_listener
 from actors.notifier import NotifierActor
 from actors.risk import RiskActor
 from actors.risk_rules import trading_day
@@ -35,6 +35,7 @@ from messages.orders import OrderSnapshot
 from runtime.config import Config
 from runtime.logs import remove_logging, setup_logging
 from runtime.noren.rest import NorenRestClient
+from runtime.operator_token import operator_token
 from runtime.registry import Registry
 from runtime.supervisor import Supervisor
 from storage import queries
@@ -54,7 +55,7 @@ WS_WAIT_AT_START_S = 2.0
 RECOVER_TIMEOUT_S = 60.0
 # Start-up: how long the first broker login may take before the start is judged (connect + request timeouts).
 LOGIN_WAIT_S = 60.0
-STOP_ORDER = ("ingress", "risk", "guard", "broker", "watcher", "notifier", "store")
+STOP_ORDER = ("operator", "ingress", "risk", "guard", "broker", "watcher", "notifier", "store")
 
 
 class StartRefused(Exception):
@@ -75,6 +76,9 @@ class System:
         self.paper = None
         self.app: IngressApp | None = None
         self.port: int | None = None
+        self.operator_app: IngressApp | None = None  # the same app unless [operator] port gives it a listener
+        self.operator_port: int | None = None
+        self.operator_token = ""
         self._log_ids: list[int] = []
         self.started = False
         self.supervisor: Supervisor | None = None
@@ -113,7 +117,10 @@ class System:
         reg.supervisor = self.supervisor
         # The listener before the database and the broker: a busy port fails at once (ListenerBindError, one
         # line); until recovery is done it answers 503 to /webhook and /health.
-        self.app = IngressApp(reg, cfg)
+        self.operator_token = operator_token(cfg, create=True)
+        separate = bool(cfg.operator.port)  # the operator surface on its own listener
+        self.app = IngressApp(reg, cfg, operator_token=self.operator_token,
+                              surfaces=(WEBHOOK,) if separate else (WEBHOOK, OPERATOR))
         port = cfg.service.port if self.listen_port is None else self.listen_port
         server = create_listener(self.app, cfg, port)
         reg.set("ingress", IngressActor.start(reg, cfg, app=self.app, port=port, server=server,
@@ -121,6 +128,19 @@ class System:
         self.port = reg.ask("ingress", "port")
         self.factories["ingress"] = lambda: IngressActor.start(reg, cfg, app=self.app, port=self.port,
                                                                on_death=self._listener_died)
+        self.operator_app = self.app
+        self.operator_port = self.port
+        if separate:
+            # One lockout for both listeners: failures on either count against the same address.
+            self.operator_app = IngressApp(reg, cfg, operator_token=self.operator_token, surfaces=(OPERATOR,),
+                                           lockout=self.app.lockout)
+            host = cfg.operator.host or cfg.service.host
+            server = create_listener(self.operator_app, cfg, cfg.operator.port, host)
+            reg.set("operator", OperatorIngressActor.start(reg, cfg, app=self.operator_app, port=cfg.operator.port,
+                                                           server=server, on_death=self._listener_died, host=host))
+            self.operator_port = reg.ask("operator", "port")
+            self.factories["operator"] = lambda: OperatorIngressActor.start(
+                reg, cfg, app=self.operator_app, port=self.operator_port, on_death=self._listener_died, host=host)
         self.db = open_database(self.data_dir / "orders.db", synchronous=self.config.service.db_synchronous)
         rest_url, ws_url = self._broker_urls()
         b = cfg.broker
@@ -148,6 +168,8 @@ class System:
                 reg.set(name, self.factories[name]())
         self.recover()
         reg.ask("ingress", "accept")
+        if reg.get("operator") is not None:
+            reg.ask("operator", "accept")
         self.started = True
         reg.tell("notifier", Notify(kind="service", text=f"shoonya-oms started ({cfg.broker.mode}, "
                                                          f"client {cfg.service.client_id})"))
@@ -239,10 +261,13 @@ class System:
         if not self.started and self.db is None and self.registry.get("ingress") is None:
             return
         if self.registry.get("ingress") is not None:
-            try:
-                self.registry.ask("ingress", "refuse", timeout=5)
-            except (pykka.ActorDeadError, pykka.Timeout):
-                pass
+            for name in ("ingress", "operator"):
+                if self.registry.get(name) is None:
+                    continue
+                try:
+                    self.registry.ask(name, "refuse", timeout=5)
+                except (pykka.ActorDeadError, pykka.Timeout):
+                    pass
             if self.started and self.db is not None and not self.drain(self.config.service.shutdown_drain_s):
                 logger.warning("stopping with orders still in flight; restart recovery will settle them")
         self.registry.tell("notifier", Notify(kind="service", text="shoonya-oms stopping"))
@@ -276,6 +301,17 @@ class System:
     @property
     def url(self) -> str:
         return f"http://{self.config.service.host}:{self.port}"
+
+    @property
+    def operator_url(self) -> str:
+        host = self.config.operator.host if self.operator_port != self.port and self.config.operator.host else \
+            self.config.service.host
+        return f"http://{host}:{self.operator_port}"
+
+    @property
+    def operator_headers(self) -> dict[str, str]:
+        """What a client of the operator surface sends (the `oms` commands, the tests)."""
+        return {"Authorization": f"Bearer {self.operator_token}"}
 
     def inject_alert(self, payload: dict | bytes | str, headers: dict[str, str] | None = None,
                      remote_addr: str = "127.0.0.1") -> tuple[int, Any]:

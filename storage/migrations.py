@@ -102,6 +102,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         AddColumn("orders", "broker_status", "VARCHAR(30)"),
         AddColumn("orders", "broker_status_at", "VARCHAR(40)"),
     )),
+    Migration(4, "seen_signatures (webhook replay memory)", (
+        CreateTable("seen_signatures",
+                    'CREATE TABLE IF NOT EXISTS "seen_signatures" ("id" INTEGER NOT NULL PRIMARY KEY, '
+                    '"key" VARCHAR(64) NOT NULL, "at" VARCHAR(40) NOT NULL)'),
+        CreateIndex("seensignature_key", "seen_signatures", ("key",), unique=True),
+        CreateIndex("seensignature_at", "seen_signatures", ("at",)),
+    )),
 )
 LATEST = MIGRATIONS[-1].version if MIGRATIONS else 1
 

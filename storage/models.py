@@ -154,6 +154,17 @@ class LedgerAdjustment(BaseModel):
         table_name = "ledger_adjustments"
 
 
-ALL_MODELS = (Order, OrderEvent, Alert, RiskState, ExternalOrder, LedgerAdjustment)
+class SeenSignature(BaseModel):
+    """Webhook signatures already used (a digest, never the signature): a replayed signed request is refused,
+    across restarts too. Rows older than the signature window are useless and pruned."""
+
+    key = CharField(unique=True, max_length=64)
+    at = CharField(index=True, max_length=40)
+
+    class Meta:
+        table_name = "seen_signatures"
+
+
+ALL_MODELS = (Order, OrderEvent, Alert, RiskState, ExternalOrder, LedgerAdjustment, SeenSignature)
 # The tables only StoreActor may write.
-STORE_OWNED_MODELS = (Order, OrderEvent, Alert, ExternalOrder, LedgerAdjustment)
+STORE_OWNED_MODELS = (Order, OrderEvent, Alert, ExternalOrder, LedgerAdjustment, SeenSignature)

@@ -36,6 +36,8 @@ def test_signature_covers_timestamp_path_and_body():
     assert check_signature("s3cret", sig, None, "/webhook", b"{}", now).startswith("X-Timestamp missing")
     assert "outside" in check_signature("s3cret", sig, "1800000000", "/webhook", b"{}", now + 301)
     assert check_signature("s3cret", sig, "soon", "/webhook", b"{}", now) == "X-Timestamp is not Unix seconds"
+    assert check_signature("s3cret", "\u00e9" * 64, "1800000000", "/webhook", b"{}", now) == \
+        "signature is not a hex digest"
 
 
 def test_client_address_is_the_rightmost_untrusted_hop_only_behind_a_trusted_proxy():
@@ -51,6 +53,7 @@ def test_allow_ips_and_tradingview():
     anyone = Addresses.from_config([], [])
     assert anyone.may_send_alerts("198.51.100.1")
     assert anyone.never_locked("34.212.75.30") and not anyone.never_locked("198.51.100.1")
+    assert anyone.never_locked("127.0.0.1") and anyone.never_locked("::1")
 
 
 def test_ten_failures_in_five_minutes_lock_out_for_fifteen():

@@ -230,6 +230,6 @@ def test_health_stays_ok_when_halted(make_system, paper):
     system.wait_until(lambda: health(system)[1]["websocket"] == "up", 10, "socket up")
     assert health(system)[0] == 200 and health(system)[1]["status"] == "ok"
     # HALTED is a choice, not a fault.
-    requests.post(f"{system.url}/risk/halt", json={"secret_key": "test-secret"}, timeout=5).raise_for_status()
+    requests.post(f"{system.url}/risk/halt", headers=system.operator_headers, json={"secret_key": "test-secret"}, timeout=5).raise_for_status()
     code, body = health(system)
     assert code == 200 and body["status"] == "ok" and body["risk"] == "HALTED"

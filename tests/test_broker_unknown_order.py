@@ -150,7 +150,7 @@ def test_cancel_not_found_ends_broker_unknown_order_and_unblocks_the_strategy(ma
     assert dup["tag"] == "DUPLICATE_BLOCKED:OPEN_ORDER_EXISTS"  # the open order blocks a second entry
 
     _forget(paper, bid)
-    reply = requests.post(f"{system.url}/orders/cancel", json={"secret_key": SECRET, "strategy": "S1"}, timeout=5)
+    reply = requests.post(f"{system.url}/orders/cancel", headers=system.operator_headers, json={"secret_key": SECRET, "strategy": "S1"}, timeout=5)
     assert reply.status_code == 202 and reply.json()["cancel_requested"] == [cid]
     failed = system.wait_for_status(cid, TERMINAL)
     assert (failed["status"], failed["tag"], failed["broker_order_id"]) == ("FAILED", "BROKER_UNKNOWN_ORDER", bid)
@@ -226,5 +226,5 @@ def test_a_suspicion_the_books_disprove_is_dropped(make_system, paper):
     assert st["reads"]["unknown-order"] == before + 1  # the first book read listed it: no further checks
     assert system.order(cid)["status"] == "SENT_TO_BROKER"
     # and it is still cancellable the ordinary way
-    requests.post(f"{system.url}/orders/cancel", json={"secret_key": SECRET}, timeout=5).raise_for_status()
+    requests.post(f"{system.url}/orders/cancel", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5).raise_for_status()
     assert system.wait_for_status(cid, TERMINAL)["tag"].startswith("BROKER_CANCELED")

@@ -148,7 +148,9 @@ def test_kill_dash_nine_never_loses_or_duplicates(tmp_path):
         wait_http(f"{url}/health", 30, service)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            counts = requests.get(f"{url}/diagnostics", timeout=5).json()["counts"]
+            token = (data_dir / "operator_token").read_text().strip()
+            counts = requests.get(f"{url}/diagnostics", headers={"Authorization": f"Bearer {token}"},
+                                  timeout=5).json()["counts"]
             if counts["CREATED"] == 0 and counts["SENT_TO_BROKER"] == 0 and counts["PARTIAL"] == 0:
                 break
             time.sleep(0.2)

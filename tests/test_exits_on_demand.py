@@ -26,11 +26,12 @@ def test_exit_all_one_strategy_or_one_symbol_with_qty(make_system):
         assert system.wait_for_status(o["command_id"], TERMINAL)["status"] == "EXECUTED"
     assert _enter(system, "B", sym.option("NIFTY", "C", 25800))["status"] == "EXECUTED"
 
-    refused = requests.post(f"{system.url}/positions/exit", json={"secret_key": "nope"}, timeout=5)
+    # the webhook secret authorizes nothing on the operator surface (issue 13): only the operator token does
+    refused = requests.post(f"{system.url}/positions/exit", json={"secret_key": SECRET}, timeout=5)
     assert refused.status_code == 401
 
     # one symbol, part of it
-    reply = requests.post(f"{system.url}/positions/exit", json={"secret_key": SECRET, "strategy": "A",
+    reply = requests.post(f"{system.url}/positions/exit", headers=system.operator_headers, json={"secret_key": SECRET, "strategy": "A",
                                                                 "symbol": NIFTY_CE, "qty": 20}, timeout=5)
     assert reply.status_code == 202, reply.text
     (leg,) = reply.json()["orders"]
@@ -39,21 +40,21 @@ def test_exit_all_one_strategy_or_one_symbol_with_qty(make_system):
         ("EXECUTED", "SELL", 20, "EXIT", "manual")
 
     # one strategy: what A still holds
-    reply = requests.post(f"{system.url}/positions/exit", json={"secret_key": SECRET, "strategy": "A"}, timeout=5)
+    reply = requests.post(f"{system.url}/positions/exit", headers=system.operator_headers, json={"secret_key": SECRET, "strategy": "A"}, timeout=5)
     assert reply.status_code == 202
     exits = [system.wait_for_status(o["command_id"], TERMINAL) for o in reply.json()["orders"]]
     assert sorted((o["symbol"], o["filled_qty"]) for o in exits) == [(NIFTY_CE, 45),
                                                                       (NIFTY_PE, 65)]
-    positions = requests.get(f"{system.url}/positions", timeout=5).json()
+    positions = requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()
     assert [(p["strategy_name"], p["net_qty"]) for p in positions] == [("B", 65)]
 
     # all: only B is left
-    reply = requests.post(f"{system.url}/positions/exit", json={"secret_key": SECRET}, timeout=5)
+    reply = requests.post(f"{system.url}/positions/exit", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5)
     assert reply.status_code == 202
     for o in reply.json()["orders"]:
         system.wait_for_status(o["command_id"], "EXECUTED")
-    assert requests.get(f"{system.url}/positions", timeout=5).json() == []
-    nothing = requests.post(f"{system.url}/positions/exit", json={"secret_key": SECRET}, timeout=5)
+    assert requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json() == []
+    nothing = requests.post(f"{system.url}/positions/exit", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5)
     assert nothing.status_code == 404
 
     audited = [a.outcome for a in Alert.select().where(Alert.source == "manual")]
@@ -71,12 +72,12 @@ def test_cancel_all_open_orders(make_system, paper):
     for cid in resting:
         system.wait_until(lambda cid=cid: (system.order(cid) or {}).get("broker_order_id"), what="placed")
 
-    reply = requests.post(f"{system.url}/orders/cancel", json={"secret_key": SECRET, "strategy": "A"}, timeout=5)
+    reply = requests.post(f"{system.url}/orders/cancel", headers=system.operator_headers, json={"secret_key": SECRET, "strategy": "A"}, timeout=5)
     assert reply.status_code == 202 and reply.json()["cancel_requested"] == [resting[0]]
     assert system.wait_for_status(resting[0], "FAILED")["tag"].startswith("BROKER_CANCELED")
     assert system.order(resting[1])["status"] == "SENT_TO_BROKER"  # B untouched
 
-    reply = requests.post(f"{system.url}/orders/cancel", json={"secret_key": SECRET}, timeout=5)
+    reply = requests.post(f"{system.url}/orders/cancel", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5)
     assert reply.json()["cancel_requested"] == [resting[1]]
     assert system.wait_for_status(resting[1], "FAILED")["tag"].startswith("BROKER_CANCELED")
     statuses = {o["remarks"]: o["status"] for o in paper_orders(paper)}

@@ -192,7 +192,7 @@ def assert_matches_exchange(order: dict, exchange) -> dict:
 
 
 def get_json(system, path: str):
-    reply = requests.get(f"{system.url}{path}", timeout=5)
+    reply = requests.get(f"{system.url}{path}", headers=system.operator_headers, timeout=5)
     reply.raise_for_status()
     return reply.json()
 

@@ -41,11 +41,11 @@ def entry(system, strategy: str, tsym: str, alert_id: str) -> dict:
     return system.wait_for_status(body["orders"][0]["command_id"], TERMINAL)
 
 
-def post(system, path: str, body: dict | None = None, secret: str | None = SECRET) -> requests.Response:
-    payload = dict(body or {})
-    if secret is not None:
-        payload["secret_key"] = secret
-    return requests.post(f"{system.url}{path}", json=payload, timeout=10)
+def post(system, path: str, body: dict | None = None, token: str | None = "operator") -> requests.Response:
+    """An operator POST: with the service's operator token, with `token` (a wrong one), or with none."""
+    headers = system.operator_headers if token == "operator" else (
+        {"Authorization": f"Bearer {token}"} if token else {})
+    return requests.post(f"{system.url}{path}", headers=headers, json=dict(body or {}), timeout=10)
 
 
 def job(system) -> dict:
@@ -131,8 +131,8 @@ def test_an_entry_registered_after_the_start_is_never_squared_off_and_flatten_st
     assert [o["command_id"] for o in risk_exits(system)] == [first[0]["command_id"]]
     assert netqty(paper, NIFTY_CE) == 65 and netqty(paper, NIFTY_PE) == 65
 
-    assert post(system, "/risk/flatten/stop", secret=None).status_code == 401
-    assert post(system, "/risk/flatten/stop", secret="wrong").status_code == 401
+    assert post(system, "/risk/flatten/stop", token=None).status_code == 401
+    assert post(system, "/risk/flatten/stop", token="wrong").status_code == 401
     assert len(risk(system)["flatten"]) == 1  # a refused stop changes nothing
     reply = post(system, "/risk/flatten/stop")
     assert reply.status_code == 200

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import json
 
@@ -15,7 +13,6 @@ from actors.ingress import (
     parse_webhook,
     redact,
     secret_ok,
-    signature_ok,
 )
 from messages.alerts import WebhookAlert, WebhookLeg
 from tests.symbols import NIFTY_CE, NIFTY_PE
@@ -49,10 +46,6 @@ def leg(**over) -> dict:
     return data
 
 
-def sign(raw: bytes, secret: str = SECRET) -> str:
-    return hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-
-
 def counter():
     n = itertools.count(1)
     return lambda: f"cmd{next(n)}"
@@ -61,7 +54,7 @@ def counter():
 # ---- parse_webhook ----------------------------------------------------------------------------------
 
 def test_valid_alert_is_accepted_with_parsed_legs():
-    out = parse_webhook(body(alert()), None, SECRET)
+    out = parse_webhook(body(alert()), SECRET)
     assert out.status == 202
     a = out.alert
     assert a.strategy_name == "NIFTY_STRADDLE" and a.execution_type == "ENTRY" and a.exchange == "NFO"
@@ -75,7 +68,7 @@ def test_valid_alert_is_accepted_with_parsed_legs():
 
 @pytest.mark.parametrize("raw", [b'{"secret_key": "x", "legs": [', b"not json", b"", b"\xff\xfe{}"])
 def test_malformed_json_is_400_with_a_readable_error(raw):
-    out = parse_webhook(raw, None, SECRET)
+    out = parse_webhook(raw, SECRET)
     assert out.status == 400
     assert out.alert is None
     assert out.errors and all(isinstance(e, str) and e for e in out.errors)
@@ -85,12 +78,12 @@ def test_malformed_json_is_400_with_a_readable_error(raw):
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"42", b"null"])
 def test_json_that_is_not_an_object_is_400(raw):
-    out = parse_webhook(raw, None, SECRET)
+    out = parse_webhook(raw, SECRET)
     assert out.status == 400 and out.alert is None and out.errors
 
 
 def _shape_errors(data) -> list[str]:
-    out = parse_webhook(body(data), None, SECRET)
+    out = parse_webhook(body(data), SECRET)
     assert out.status == 400, out
     assert out.alert is None
     assert out.body["errors"] == out.errors
@@ -136,49 +129,35 @@ def test_unknown_execution_type_and_order_type_are_400():
 @pytest.mark.parametrize("given", ["wrong", "", None, 12345, SECRET.upper()])
 def test_bad_or_missing_secret_is_401(given):
     data = alert(secret_key=given)
-    out = parse_webhook(body(data), None, SECRET)
+    out = parse_webhook(body(data), SECRET)
     assert out.status == 401 and out.alert is None
 
 
 def test_missing_secret_key_is_401():
     data = alert()
     del data["secret_key"]
-    assert parse_webhook(body(data), None, SECRET).status == 401
+    assert parse_webhook(body(data), SECRET).status == 401
 
 
 def test_no_secret_configured_accepts_nothing():
-    assert parse_webhook(body(alert(secret_key="")), None, "").status == 401
+    assert parse_webhook(body(alert(secret_key="")), "").status == 401
 
 
 def test_secret_key_name_is_case_insensitive():
     data = alert()
     data["SECRET_KEY"] = data.pop("secret_key")
-    assert parse_webhook(body(data), None, SECRET).status == 202
+    assert parse_webhook(body(data), SECRET).status == 202
 
 
-def test_x_signature_is_accepted_in_place_of_secret_key():
+def test_an_authenticated_request_needs_no_secret_key():
     data = alert()
     del data["secret_key"]
     raw = body(data)
-    assert parse_webhook(raw, sign(raw), SECRET).status == 202
-    assert parse_webhook(raw, sign(raw).upper(), SECRET).status == 202
+    assert parse_webhook(raw, SECRET).status == 401
+    assert parse_webhook(raw, SECRET, authenticated=True).status == 202
 
 
-def test_x_signature_of_another_body_or_key_is_401():
-    data = alert()
-    del data["secret_key"]
-    raw = body(data)
-    assert parse_webhook(raw, sign(raw + b" "), SECRET).status == 401
-    assert parse_webhook(raw, sign(raw, "other"), SECRET).status == 401
-    assert parse_webhook(raw, "", SECRET).status == 401
-
-
-def test_signature_ok_and_secret_ok():
-    raw = b'{"a":1}'
-    assert signature_ok(raw, sign(raw), SECRET)
-    assert not signature_ok(raw, sign(raw), "")
-    assert not signature_ok(raw, None, SECRET)
-    assert not signature_ok(raw, "zz", SECRET)
+def test_secret_ok():
     assert secret_ok(SECRET, SECRET)
     assert not secret_ok(SECRET + "x", SECRET)
     assert not secret_ok(None, SECRET)
@@ -206,7 +185,7 @@ def test_keys_and_enum_words_are_case_insensitive():
     data = {"SECRET_KEY": SECRET, "Strategy_Name": "S1", "EXECUTION_TYPE": "exit", "Exchange": "nfo",
             "LEGS": [{"TradingSymbol": NIFTY_CE, "DIRECTION": "sell", "QTY": 65,
                       "Order_Type": "lmt", "PRICE": 10.5, "Product_Type": "i"}]}
-    out = parse_webhook(body(data), None, SECRET)
+    out = parse_webhook(body(data), SECRET)
     assert out.status == 202, out.errors
     a = out.alert
     assert (a.strategy_name, a.execution_type, a.exchange) == ("S1", "EXIT", "NFO")
@@ -313,7 +292,7 @@ def test_validation_tag_lists_upper_snake_reasons():
 
 @pytest.mark.parametrize("price", [None, ""])
 def test_market_leg_with_empty_price_is_accepted_as_zero(price):
-    out = parse_webhook(body(alert(legs=[leg(price=price)])), None, SECRET)
+    out = parse_webhook(body(alert(legs=[leg(price=price)])), SECRET)
     assert out.status == 202, out.errors
     assert out.alert.legs[0].price == 0.0
 
@@ -361,7 +340,7 @@ def test_redact_removes_a_numeric_secret_key_value():
 def _leg_outcome(qty=65, price=0, order_type="MARKET") -> str:
     """400, VALIDATION_FAILED, CREATED, or the exception a JSON leg leads to (python's json reads NaN)."""
     raw = json.dumps(alert(legs=[leg(qty=qty, price=price, order_type=order_type)])).encode()
-    out = parse_webhook(raw, None, SECRET)
+    out = parse_webhook(raw, SECRET)
     if out.alert is None:
         return str(out.status)
     try:

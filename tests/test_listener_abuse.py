@@ -160,11 +160,12 @@ def test_listener_answers_503_until_recovery_has_finished(tmp_path, paper):
         assert system.port is not None, "the listener is bound first"
         health = requests.get(system.url + "/health", timeout=5)
         hook = requests.post(system.url + "/webhook", json=alert(tradingsymbol=NIFTY_CE), timeout=5)
-        orders = requests.get(system.url + "/orders", timeout=5)
+        orders = requests.get(system.url + "/orders", headers=system.operator_headers, timeout=5)
         assert not system.started, "the answers must come while recovery is still running"
-        assert health.status_code == 503 and health.json()["status"] == "starting"
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
         assert hook.status_code == 503
         assert orders.status_code == 503
+        assert requests.get(system.url + "/orders", timeout=5).status_code == 401  # credentials first, always
         starter.join(timeout=60)
         assert not failure and system.started
         paper_faults(paper, latency_ms=0)

@@ -27,7 +27,8 @@ def post_alert(system, payload) -> str:
 
 
 def get(system, path, **params):
-    return requests.get(system.url + path, params=params or None, timeout=5)
+    return requests.get(system.url + path, params=params or None, timeout=5,
+                        headers={} if path == "/health" else system.operator_headers)
 
 
 @pytest.fixture

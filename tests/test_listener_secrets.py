@@ -125,10 +125,8 @@ def test_parse_json_refuses_depth_numbers_and_bad_text_with_body_error_only():
 
 
 def test_parse_webhook_never_raises_and_never_echoes_input():
-    out = parse_webhook(json.dumps(_valid(execution_type="HOLD-ME")).encode(), None, SECRET)
+    out = parse_webhook(json.dumps(_valid(execution_type="HOLD-ME")).encode(), SECRET)
     assert out.status == 400 and "HOLD-ME" not in json.dumps(out.body)
-    out = parse_webhook(json.dumps(_valid()).encode(), "\u00e9" * 64, SECRET)
-    assert out.status == 202  # a junk signature is ignored when secret_key is right
 
 
 def test_refusal_digest_tells_the_first_and_then_one_summary_per_window():

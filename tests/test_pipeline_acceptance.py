@@ -12,6 +12,7 @@ import hmac
 import json
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -216,7 +217,7 @@ def test_kill_switch_blocks_entries_not_exits_and_resume_restores(make_system, p
     held = one_leg(system, alert(alert_id="before-halt"))
     system.wait_for_status(held, "EXECUTED")
 
-    reply = requests.post(f"{system.url}/risk/halt", json={"secret_key": SECRET}, timeout=5)
+    reply = requests.post(f"{system.url}/risk/halt", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5)
     assert reply.status_code == 200 and reply.json()["state"] == "HALTED"
 
     blocked = one_leg(system, alert(strategy="S2", alert_id="during-halt"))
@@ -232,9 +233,9 @@ def test_kill_switch_blocks_entries_not_exits_and_resume_restores(make_system, p
     assert exit_order["side"] == "SELL" and exit_order["filled_qty"] == 65
     assert len(at_paper(paper, exit_cid)) == 1
 
-    reply = requests.post(f"{system.url}/risk/resume", json={"secret_key": SECRET}, timeout=5)
+    reply = requests.post(f"{system.url}/risk/resume", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5)
     assert reply.status_code == 200 and reply.json()["state"] == "ACTIVE"
-    assert requests.get(f"{system.url}/risk", timeout=5).json()["state"] == "ACTIVE"
+    assert requests.get(f"{system.url}/risk", headers=system.operator_headers, timeout=5).json()["state"] == "ACTIVE"
     after = one_leg(system, alert(strategy="S2", alert_id="after-resume"))
     assert system.wait_for_status(after, TERMINAL)["status"] == "EXECUTED"
     assert len(at_paper(paper, after)) == 1
@@ -243,10 +244,10 @@ def test_kill_switch_blocks_entries_not_exits_and_resume_restores(make_system, p
 def test_kill_switch_survives_a_restart(make_system, paper, tmp_path):
     data_dir = tmp_path / "persisted"
     system = make_system(data_dir=data_dir)
-    assert requests.post(f"{system.url}/risk/halt", json={"secret_key": SECRET}, timeout=5).json()["state"] == "HALTED"
+    assert requests.post(f"{system.url}/risk/halt", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5).json()["state"] == "HALTED"
     system.stop()
     system = make_system(data_dir=data_dir)
-    assert requests.get(f"{system.url}/risk", timeout=5).json()["state"] == "HALTED"
+    assert requests.get(f"{system.url}/risk", headers=system.operator_headers, timeout=5).json()["state"] == "HALTED"
     cid = one_leg(system, alert(alert_id="after-restart"))
     order = system.wait_for_status(cid, TERMINAL)
     assert order["status"] == "FAILED" and order["tag"].startswith("RISK_BLOCKED:")
@@ -320,7 +321,7 @@ def test_exit_closes_the_whole_position(make_system, paper):
     sent = at_paper(paper, exit_cid)
     assert len(sent) == 1 and (sent[0]["trantype"], sent[0]["prd"], sent[0]["qty"]) == ("S", "M", "65")
     assert paper_netqty(paper, SYM) == 0
-    assert requests.get(f"{system.url}/positions", timeout=5).json() == []
+    assert requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json() == []
 
 
 def test_exit_leg_is_resolved_against_the_held_position(make_system, paper):
@@ -353,7 +354,7 @@ def test_exit_with_smaller_qty_exits_only_that_qty(make_system, paper):
     order = system.wait_for_status(exit_cid, TERMINAL)
     assert order["status"] == "EXECUTED" and order["quantity"] == order["filled_qty"] == 65
     assert paper_netqty(paper, SYM) == 65
-    positions = requests.get(f"{system.url}/positions", timeout=5).json()
+    positions = requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()
     assert [(p["strategy_name"], p["symbol"], p["net_qty"]) for p in positions] == [("S1", SYM, 65)]
 
 
@@ -410,7 +411,7 @@ def test_three_leg_entry_whose_last_leg_the_broker_rejects_is_reported_one_legge
                                       if "ONE-LEGGED" in n["text"] and "three" in n["text"]], 10,
                              "a one-legged notification")[0]
     assert BAD in note["text"] and SYM in note["text"] and PUT in note["text"]
-    diagnostics = requests.get(f"{system.url}/diagnostics", timeout=5).json()
+    diagnostics = requests.get(f"{system.url}/diagnostics", headers=system.operator_headers, timeout=5).json()
     [spread] = [d for d in diagnostics["one_legged"] if d["alert_id"] == "three"]
     assert {leg["symbol"] for leg in spread["failed"]} == {BAD}
     assert {leg["symbol"] for leg in spread["went"]} == {SYM, PUT}
@@ -514,15 +515,20 @@ def test_a_much_larger_body_is_still_audited(make_system):
 
 
 def test_x_signature_replaces_secret_key(make_system, paper):
+    """X-Signature signs X-Timestamp, the path and the body (issue 13); a body-only signature is refused."""
     system = make_system()
     payload = alert(alert_id="signed")
     del payload["secret_key"]
     raw = json.dumps(payload).encode()
-    signature = hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
+    stamp = str(int(time.time()))
+    signature = hmac.new(SECRET.encode(), stamp.encode() + b"\n/webhook\n" + raw, hashlib.sha256).hexdigest()
 
-    status, body = system.inject_alert(raw, {"X-Signature": "0" * 64})
+    status, body = system.inject_alert(raw, {"X-Signature": "0" * 64, "X-Timestamp": stamp})
     assert status == 401
-    status, body = system.inject_alert(raw, {"X-Signature": signature})
+    status, body = system.inject_alert(raw, {"X-Signature": hmac.new(SECRET.encode(), raw,
+                                                                     hashlib.sha256).hexdigest()})
+    assert status == 401  # the old body-only signature
+    status, body = system.inject_alert(raw, {"X-Signature": signature, "X-Timestamp": stamp})
     assert status == 202
     cid = body["orders"][0]["command_id"]
     assert system.wait_for_status(cid, TERMINAL)["status"] == "EXECUTED"
@@ -530,8 +536,9 @@ def test_x_signature_replaces_secret_key(make_system, paper):
     payload2 = dict(payload, alert_id="signed-http")
     raw2 = json.dumps(payload2).encode()
     reply = requests.post(system.url + "/webhook", data=raw2, timeout=5, headers={
-        "Content-Type": "application/json",
-        "X-Signature": hmac.new(SECRET.encode(), raw2, hashlib.sha256).hexdigest()})
+        "Content-Type": "application/json", "X-Timestamp": stamp,
+        "X-Signature": hmac.new(SECRET.encode(), stamp.encode() + b"\n/webhook\n" + raw2,
+                                hashlib.sha256).hexdigest()})
     assert reply.status_code == 202
     assert len(system.orders()) == 2
 
@@ -670,7 +677,7 @@ def test_fills_after_a_cancel_report_win_broker_truth(make_system, paper):
     assert order["filled_qty"] == 65
     assert [(e["from_status"], e["to_status"]) for e in order["events"]][-2:] == [
         ("SENT_TO_BROKER", "FAILED"), ("FAILED", "EXECUTED")]
-    positions = requests.get(f"{system.url}/positions", timeout=5).json()
+    positions = requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()
     assert [(p["symbol"], p["net_qty"]) for p in positions] == [(SYM, 65)]
     again = one_leg(system, alert(alert_id="after-truth"))
     assert system.wait_for_status(again, TERMINAL)["tag"] == "GUARD_BLOCKED:STRATEGY_HAS_POSITION"
@@ -712,7 +719,7 @@ def test_cancel_after_a_partial_fill_keeps_the_fills(make_system, paper_factory)
     order = system.wait_for_status(cid, TERMINAL)
     assert order["status"] == "FAILED" and order["tag"].startswith("BROKER_CANCELED"), order
     assert order["filled_qty"] == filled
-    positions = requests.get(f"{system.url}/positions", timeout=5).json()
+    positions = requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()
     assert [(p["symbol"], p["net_qty"]) for p in positions] == [(SYM, filled)]
     exit_cid = one_leg(system, alert(execution_type="EXIT", alert_id="close-rest", direction="SELL", qty=130))
     exit_order = system.wait_for_status(exit_cid, TERMINAL)

@@ -36,7 +36,7 @@ def one_leg(system, payload) -> str:
 
 
 def risk(system) -> dict:
-    reply = requests.get(f"{system.url}/risk", timeout=5)
+    reply = requests.get(f"{system.url}/risk", headers=system.operator_headers, timeout=5)
     assert reply.status_code == 200
     return reply.json()
 
@@ -107,7 +107,7 @@ def test_warning_then_breach_halts_flattens_and_survives_a_restart(make_system, 
     blocked_with(system, alert(strategy="S3", alert_id="after-breach"), "DAILY_LOSS_HIT")
     exit_cid = one_leg(system, alert(strategy="S3", alert_id="exit-after", execution_type="EXIT", direction="SELL"))
     assert system.wait_for_status(exit_cid, TERMINAL)["tag"] == "GUARD_BLOCKED:NO_POSITION"  # risk let it pass
-    assert requests.post(f"{system.url}/risk/resume", json={"secret_key": SECRET}, timeout=5).json()["state"] == "HALTED"  # not today
+    assert requests.post(f"{system.url}/risk/resume", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5).json()["state"] == "HALTED"  # not today
 
     system.stop()
     system = make_system(data_dir=data_dir, risk=limits)
@@ -156,7 +156,7 @@ def test_max_open_positions_counts_the_book_and_entries_in_flight(make_system, p
     resting = one_leg(system, alert(strategy="A", alert_id="rest", order_type="LIMIT", price=1.0))
     system.wait_until(lambda: system.order(resting)["broker_order_id"], 10, "the resting entry")
     blocked_with(system, alert(strategy="B", alert_id="second", tradingsymbol=PUT), "MAX_OPEN_POSITIONS")
-    requests.post(f"{system.url}/risk/flatten", json={"secret_key": SECRET, "strategy": "A"}, timeout=10)
+    requests.post(f"{system.url}/risk/flatten", headers=system.operator_headers, json={"secret_key": SECRET, "strategy": "A"}, timeout=10)
     assert system.wait_for_status(resting, "FAILED")["tag"] == "BROKER_CANCELED"
     wait_risk(system, lambda v: v["open_positions"] == 0 and v["flatten"] == [], "nothing open")
     held = system.wait_for_status(one_leg(system, alert(strategy="B", alert_id="third", tradingsymbol=PUT)),
@@ -194,21 +194,23 @@ def test_reduce_flatten_resume_over_http(make_system, paper):
     system.wait_for_status(one_leg(system, alert(strategy="S2", alert_id="s2", tradingsymbol=PUT)), "EXECUTED")
 
     assert requests.post(f"{system.url}/risk/reduce", json={}, timeout=5).status_code == 401
-    assert requests.post(f"{system.url}/risk/flatten", json={"secret_key": "wrong"}, timeout=5).status_code == 401
-    assert requests.post(f"{system.url}/risk/flatten", json={"secret_key": SECRET, "exchange": "XX"},
+    assert requests.post(f"{system.url}/risk/flatten", json={"secret_key": SECRET}, timeout=5).status_code == 401
+    assert requests.post(f"{system.url}/risk/flatten", headers={"Authorization": "Bearer wrong"},
+                         timeout=5).status_code == 401
+    assert requests.post(f"{system.url}/risk/flatten", headers=system.operator_headers, json={"secret_key": SECRET, "exchange": "XX"},
                          timeout=5).status_code == 400
-    reply = requests.post(f"{system.url}/risk/reduce", json={"secret_key": SECRET}, timeout=5)
+    reply = requests.post(f"{system.url}/risk/reduce", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5)
     assert reply.status_code == 200 and (reply.json()["state"], reply.json()["reason"]) == ("REDUCING", "REDUCING_ONLY")
     blocked_with(system, alert(strategy="S3", alert_id="s3"), "REDUCING_ONLY")
 
-    reply = requests.post(f"{system.url}/risk/flatten", json={"secret_key": SECRET, "strategy": "S2"}, timeout=10)
+    reply = requests.post(f"{system.url}/risk/flatten", headers=system.operator_headers, json={"secret_key": SECRET, "strategy": "S2"}, timeout=10)
     assert reply.status_code == 200 and reply.json()["flatten_started"] is True
     wait_risk(system, lambda v: v["flatten"] == [], "the S2 flatten")
     assert [(o["strategy_name"], o["symbol"], o["status"]) for o in risk_exits(system)] == [("S2", PUT, "EXECUTED")]
     assert netqty(paper, PUT) == 0 and netqty(paper, SYM) == 65  # S1 untouched
 
-    assert requests.post(f"{system.url}/risk/halt", json={"secret_key": SECRET}, timeout=5).json()["state"] == "HALTED"
-    assert requests.post(f"{system.url}/risk/resume", json={"secret_key": SECRET}, timeout=5).json()["state"] == "ACTIVE"
+    assert requests.post(f"{system.url}/risk/halt", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5).json()["state"] == "HALTED"
+    assert requests.post(f"{system.url}/risk/resume", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5).json()["state"] == "ACTIVE"
     assert system.wait_for_status(one_leg(system, alert(strategy="S4", alert_id="s4", tradingsymbol=PUT)),
                                   TERMINAL)["status"] == "EXECUTED"
 

@@ -61,7 +61,7 @@ def at_paper(exchange, command_id: str) -> list[dict]:
 
 
 def positions(system) -> dict[str, int]:
-    rows = requests.get(f"{system.url}/positions", timeout=5).json()
+    rows = requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()
     return {f"{r['strategy_name']}|{r['symbol']}": r["net_qty"] for r in rows}
 
 
@@ -216,7 +216,7 @@ def test_the_operator_exit_is_capped_by_the_broker_too(make_system, prices):
     hand = Hand(prices)
     hand.trade("SELL", CE, 65, 90.0)
     system.wait_until(lambda: hand.net(CE) == 65, 5, "the manual square-off")
-    reply = requests.post(f"{system.url}/positions/exit", json={"secret_key": SECRET, "strategy": "S1"}, timeout=10)
+    reply = requests.post(f"{system.url}/positions/exit", headers=system.operator_headers, json={"secret_key": SECRET, "strategy": "S1"}, timeout=10)
     assert reply.status_code == 202, reply.text
     [order] = settle(system, reply.json()["orders"])
     assert (order["status"], order["filled_qty"]) == ("EXECUTED", 65)
