@@ -40,10 +40,27 @@ class ServiceConfig(_Section):
     listener_threads: int = Field(16, gt=0)
     log_level: str = "INFO"
     shutdown_drain_s: float = Field(10.0, ge=0)
+    # Reverse proxies in front of the listener (addresses/networks): only behind one of these is X-Forwarded-For
+    # believed, and the client address is its rightmost hop that is not a trusted proxy.
+    trusted_proxies: list[str] = []
 
 
 class WebhookConfig(_Section):
     secret_key: str = ""
+    # POST /webhook/<path_token> authenticates by the path (TradingView cannot send headers). A long random value.
+    path_token: str = ""
+    # Who may send alerts: empty = anyone with the secret; a list of addresses/networks; or "tradingview" (its
+    # four published addresses).
+    allow_ips: list[str] | Literal["tradingview"] = []
+
+
+class OperatorConfig(_Section):
+    """`[operator]`: everything but the webhook needs these credentials (README "Going live")."""
+
+    token: str = ""  # Authorization: Bearer <token>; empty: generated at first start into <data_dir>/operator_token
+    password: str = ""  # the dashboard's login: plain, or a hash from `oms operator hash-password`
+    host: str = ""  # with port: the operator surface on its own listener; empty/0: shares the service port
+    port: int = Field(0, ge=0, le=65535)
 
 
 class BrokerConfig(_Section):
@@ -180,6 +197,7 @@ class RiskConfig(_Section):
 class Config(_Section):
     service: ServiceConfig = ServiceConfig()
     webhook: WebhookConfig = WebhookConfig()
+    operator: OperatorConfig = OperatorConfig()
     broker: BrokerConfig = BrokerConfig()
     paper: PaperConfig = PaperConfig()
     telegram: TelegramConfig = TelegramConfig()
@@ -211,6 +229,9 @@ SECRET_ENV = {
     "OMS_BROKER_API_SECRET": ("broker", "api_secret"),
     "OMS_BROKER_AUTH_CODE": ("broker", "auth_code"),
     "OMS_TELEGRAM_TOKEN": ("telegram", "token"),
+    "OMS_OPERATOR_TOKEN": ("operator", "token"),
+    "OMS_OPERATOR_PASSWORD": ("operator", "password"),
+    "OMS_WEBHOOK_PATH_TOKEN": ("webhook", "path_token"),
 }
 
 
