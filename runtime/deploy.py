@@ -112,7 +112,7 @@ def caddyfile(config: Config, domain: str, *, expose_operator: bool = False, tls
         "#   [service]",
         f"#   {trusted_proxies_line(config)}",
     ]
-    if not _is_loopback(_upstream_host(service)):
+    if not _is_loopback(config.service.host.strip()):  # a wildcard too: it listens on every interface
         lines += ["#", f"# WARNING: service.host is {config.service.host!r}: anyone who reaches that address bypasses "
                        "Caddy;", "# set service.host = \"127.0.0.1\"."]
     options = []

@@ -91,10 +91,6 @@ def check_secrets(config: Config) -> list[Check]:
         checks.append(Check(OK, "broker credentials", "paper mode: none needed"))
         return checks
     values = b.model_dump()
-    if not login:
-        checks.append(Check(FAIL, "broker login", "not tried until the credentials above are right (failed logins "
-                                                  "in a row can lock the account)"))
-        return checks
     if b.auth == "oauth":
         missing = _missing("broker", ["user_id", "oauth_client_id", "auth_code", "api_secret"], values)
     else:
