@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from runtime.config import Config, ConfigError, check_startable, load_config
+from runtime.config import Config, ConfigError, check_startable, config_from_dict, load_config
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE = 0, 1, 2
 # `oms run` holds this lock in its data_dir for its whole life (runtime/instance_lock.py).
@@ -673,6 +673,42 @@ def cmd_backup(args) -> int:
     return EXIT_OK
 
 
+def cmd_deploy(args) -> int:
+    """Print a Caddyfile or a systemd unit for this config (nothing is installed or changed)."""
+    import getpass
+
+    from runtime import deploy
+
+    if args.target == "caddy":
+        config = _config(args)
+        _out(deploy.caddyfile(config, args.domain, expose_operator=args.expose_operator,
+                              tls_internal=args.tls_internal, https_port=args.https_port, http_port=args.http_port,
+                              bind=args.bind, admin=args.admin).rstrip("\n"), flush=True)
+        _out(f"oms: in config.toml [service]: {deploy.trusted_proxies_line(config)}", file=sys.stderr)
+        return EXIT_OK
+    workdir = Path(args.workdir or os.getcwd()).absolute()
+    config_path = Path(args.config).absolute() if args.config else workdir / "config.toml"
+    # The unit runs with the workdir's config.toml unless told otherwise: read that one (defaults if none yet).
+    config = load_config(config_path) if args.config or config_path.exists() else config_from_dict({})
+    _out(deploy.systemd_unit(config, config_path, user=args.user or getpass.getuser(), workdir=workdir,
+                             env_file=args.env_file or deploy.DEFAULT_ENV_FILE).rstrip("\n"), flush=True)
+    return EXIT_OK
+
+
+def cmd_doctor(args) -> int:
+    """Check the set-up: one line per check, exit 1 if one failed."""
+    from loguru import logger
+
+    from runtime import doctor
+
+    logger.remove()  # the checks' own lines are the output; the clients' logs would only repeat them
+    ok = True
+    for check in doctor.run_checks(args.config):
+        _out(doctor.format_check(check, sys.stdout), flush=True)
+        ok = ok and check.status != doctor.FAIL
+    return EXIT_OK if ok else EXIT_PROBLEM
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="oms", description="shoonya-oms: order-management service for Shoonya (NorenOMS)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -768,6 +804,35 @@ def build_parser() -> argparse.ArgumentParser:
     operator.add_argument("action", choices=("hash-password",),
                           help="hash-password: read a password (no echo) and print its scrypt hash")
     operator.set_defaults(func=cmd_operator)
+
+    deploy = sub.add_parser("deploy", help="print a Caddyfile or a systemd unit for this config")
+    targets = deploy.add_subparsers(dest="target", required=True, parser_class=_Parser)
+    caddy = with_config(targets.add_parser(
+        "caddy", help="a Caddyfile: HTTPS on 443 for the domain, only the webhook passed on (prints the matching "
+                      "trusted_proxies line on stderr)"))
+    caddy.add_argument("--domain", required=True, help="the public host name, e.g. oms.example.com")
+    caddy.add_argument("--expose-operator", action="store_true",
+                       help="also pass on the operator surface (orders, risk, ...; it needs its Bearer token)")
+    caddy.add_argument("--tls-internal", action="store_true",
+                       help="Caddy's own CA instead of a public certificate (a rehearsal on one machine)")
+    caddy.add_argument("--https-port", type=int, default=None, help="HTTPS port instead of 443")
+    caddy.add_argument("--http-port", type=int, default=None, help="HTTP port instead of 80")
+    caddy.add_argument("--bind", default=None, help="listen on this address only (default: all)")
+    caddy.add_argument("--admin", default=None,
+                       help="Caddy's admin endpoint: off, or a loopback address:port (default Caddy's own)")
+    caddy.set_defaults(func=cmd_deploy)
+    systemd = with_config(targets.add_parser("systemd", help="a systemd unit running `oms run`"))
+    systemd.add_argument("--user", default=None, help="the user it runs as (default: you)")
+    systemd.add_argument("--workdir", default=None,
+                         help="its working directory, where a relative data_dir lives (default: here)")
+    systemd.add_argument("--env-file", default=None, help="the 0600 file with the OMS_* secrets "
+                                                          "(default /etc/shoonya-oms/oms.env)")
+    systemd.set_defaults(func=cmd_deploy)
+
+    doctor = with_config(sub.add_parser("doctor", help="check config, secrets, TOTP, clock, broker login, "
+                                                       "WebSocket, ports, data dir, database, disk; exit 1 on a "
+                                                       "problem"))
+    doctor.set_defaults(func=cmd_doctor)
     return parser
 
 
