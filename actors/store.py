@@ -506,7 +506,8 @@ class StoreActor(SupervisedActor):
         if isinstance(message, RecordAlert):
             self.store.record_alert(message)
             logger.bind(event="alert", alert_id=message.alert_id, outcome=message.outcome,
-                        http_status=message.http_status, strategy=message.strategy_name).info(
+                        http_status=message.http_status, strategy=message.strategy_name, error=message.error,
+                        remote_addr=message.remote_addr).info(
                 "alert {} {} ({})", message.alert_id or "-", message.outcome, message.error or "")
             return None
         if isinstance(message, Subscribe):
