@@ -120,8 +120,9 @@ def cmd_run(args) -> int:
             _out(f"oms: {exc}", file=sys.stderr, flush=True)
             return EXIT_USAGE
         except Exception as exc:  # noqa: BLE001 - a start-up failure must be one readable line, exit 2
-            logger.error("start-up failed: {}", exc)
+            logger.opt(exception=exc).error("start-up failed: {}", exc)  # the JSON log keeps the traceback
             system.stop()
+            _out(f"oms: start-up failed: {exc}", file=sys.stderr, flush=True)
             return EXIT_USAGE
         logger.info("risk.enforce_trading_hours = {} (broker.mode {}; unset it follows the mode)",
                     str(config.risk.enforce_trading_hours).lower(), b.mode)

@@ -153,14 +153,19 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, "{}: {}", record.name, record.getMessage())
 
 
+def add_stderr_sink(level: str = "INFO") -> int:
+    """The human-readable lines on stderr (added once the service has started: a refused start says why in one
+    line, and the JSON file has the whole start-up)."""
+    return logger.add(sys.stderr, level=level, format=HUMAN_FORMAT, colorize=None, diagnose=False)
+
+
 def setup_logging(data_dir: str | Path, level: str = "INFO", stderr: bool = True) -> list[int]:
     """Add the sinks; returns their ids so `remove_logging` can take them away again."""
     logs = Path(data_dir) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     ids = []
     if stderr:
-        ids.append(logger.add(sys.stderr, level=level, format=HUMAN_FORMAT, colorize=None,
-                              diagnose=False))
+        ids.append(add_stderr_sink(level))
     # format "{message}": the sink builds its own line from the record; this keeps loguru's part cheap.
     ids.append(logger.add(JsonFiles(logs), level="DEBUG", format="{message}", colorize=False,
                           backtrace=False, diagnose=False))

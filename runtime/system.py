@@ -33,7 +33,7 @@ from actors.watcher import WatcherActor
 from messages.commands import BrokerOrderReport, Notify, OrdersRegistered, TransitionOrder
 from messages.orders import OrderSnapshot
 from runtime.config import Config
-from runtime.logs import remove_logging, setup_logging
+from runtime.logs import add_stderr_sink, remove_logging, setup_logging
 from runtime.noren.rest import NorenRestClient
 from runtime.operator_token import operator_token
 from runtime.registry import Registry
@@ -106,7 +106,9 @@ class System:
         return b.rest_url or LIVE_REST_URL, b.ws_url or LIVE_WS_URL
 
     def start(self) -> "System":
-        self._log_ids = setup_logging(self.data_dir, self.config.service.log_level, stderr=self.log_to_stderr)
+        # stderr only once started: a refused start (busy port, rejected login, newer database) is one line from
+        # `oms run`; everything of the start-up is in the JSON log file.
+        self._log_ids = setup_logging(self.data_dir, self.config.service.log_level, stderr=False)
         reg, cfg = self.registry, self.config
         # The broker session's state, kept across BrokerActor restarts and read by /health without an ask (from
         # the first request on: the listener is bound before the broker logs in).
@@ -173,6 +175,8 @@ class System:
         self.started = True
         reg.tell("notifier", Notify(kind="service", text=f"shoonya-oms started ({cfg.broker.mode}, "
                                                          f"client {cfg.service.client_id})"))
+        if self.log_to_stderr:
+            self._log_ids.append(add_stderr_sink(self.config.service.log_level))
         logger.info("service ready on http://{}:{}", cfg.service.host, self.port)
         return self
 

@@ -96,6 +96,8 @@ def test_oms_run_with_a_wrong_password_exits_2_with_one_line(paper_factory, tmp_
     config.write_text(f'''[service]
 data_dir = "{tmp_path / 'data'}"
 port = 0
+[webhook]
+secret_key = "a-webhook-secret-of-our-own"
 [broker]
 mode = "shoonya"
 rest_url = "{exchange.rest_url}"
