@@ -71,7 +71,7 @@ def oms(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def cli_config(system, tmp_path: Path) -> str:
     path = tmp_path / "cli.toml"
-    path.write_text(f'[service]\nport = {system.port}\n[webhook]\nsecret_key = "{SECRET}"\n', encoding="utf-8")
+    path.write_text(f'[service]\nport = {system.port}\n[operator]\ntoken = "{system.operator_token}"\n', encoding="utf-8")
     return str(path)
 
 

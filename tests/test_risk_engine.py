@@ -225,7 +225,7 @@ def test_oms_risk_and_oms_exit_drive_the_running_service(make_system, paper, tmp
     system = make_system(risk={"max_daily_loss": 5000, **FAST})
     system.wait_for_status(one_leg(system, alert(strategy="S1", alert_id="s1")), "EXECUTED")
     config = tmp_path / "cli.toml"
-    config.write_text(f'[service]\nport = {system.port}\n[webhook]\nsecret_key = "{SECRET}"\n', encoding="utf-8")
+    config.write_text(f'[service]\nport = {system.port}\n[operator]\ntoken = "{system.operator_token}"\n', encoding="utf-8")
 
     status = oms("risk", "status", "--config", str(config), cwd=tmp_path)
     assert status.returncode == 0, status.stderr
