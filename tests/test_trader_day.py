@@ -237,3 +237,26 @@ def test_one_legged_exit_mode_exits_the_legs_that_went_out(make_system, prices):
     system.wait_until(lambda: [n for n in system.notifications()["recent"] if "ONE-LEGGED" in n["text"]
                                and "exiting" in n["text"]], 5, "the one-legged notification")
     assert positions(system) == {}
+
+
+def test_held_wings_survive_a_guard_restart(make_system, prices):
+    """The guard dies on the buy-back's fill while the wing waits: the restarted guard finds the held wing (its
+    `held:` event) and sells it once the buy-back has filled — never before, never twice."""
+    system = make_system()
+    hold(system, "S1", [leg(CE, "SELL"), leg(CE_WING, "BUY")])
+    # The buy-back rests (a limit below the market) so that the wing is certainly held.
+    answer = send(system, alert(execution_type="EXIT", legs=[leg(CE_WING, "SELL"),
+                                                            leg(CE, "BUY", order_type="LIMIT", price=50.0)]))
+    wing, buyback = (o["command_id"] for o in answer)
+    system.wait_until(lambda: any((e["detail"] or "").startswith("held:") for e in system.order(wing)["events"]),
+                      10, "the wing held")
+    system.wait_for_status(buyback, "SENT_TO_BROKER")
+    restarts = system.supervisor.restarts
+    system.registry.inject_fault("guard", "OrderChanged", 1)
+    set_ltp(prices, "NFO", CE, 40.0)  # the buy-back fills; its OrderChanged kills the guard once
+    assert system.wait_for_status(buyback, "EXECUTED")["filled_qty"] == 65
+    assert system.wait_for_status(wing, ("EXECUTED", "FAILED"), timeout=15)["status"] == "EXECUTED"
+    assert system.supervisor.restarts > restarts
+    assert len(at_paper(prices, wing)) == 1
+    hand = Hand(prices)
+    assert (hand.net(CE), hand.net(CE_WING)) == (0, 0)
