@@ -171,3 +171,36 @@ def entry_positions_since(since: str) -> list[dict]:
         {"strategy_name": k[0], "exchange": k[1], "symbol": k[2], "product": k[3], "net_qty": v}
         for k, v in sorted(rows.items()) if v != 0
     ]
+
+
+# ---- positions and P&L per strategy (actors/pnl.py replays these) -------------------------------------------
+
+def fill_events() -> list[tuple]:
+    """Every order with a fill as ("fill", at, strategy, exchange, symbol, product, side, filled_qty, avg_price),
+    `at` = updated_at (when its latest fill was recorded; an order's fills count on the day it last changed)."""
+    query = (Order.select(Order.updated_at, Order.strategy_name, Order.exchange, Order.symbol, Order.product,
+                          Order.side, Order.filled_qty, Order.avg_price)
+             .where(Order.filled_qty > 0).order_by(Order.id))
+    return [("fill", *row) for row in query.tuples()]
+
+
+def write_off_events() -> list[tuple]:
+    """Every ledger write-off as ("write_off", at, strategy, exchange, symbol, product, signed quantity)."""
+    query = (LedgerAdjustment.select(LedgerAdjustment.at, LedgerAdjustment.strategy_name, LedgerAdjustment.exchange,
+                                     LedgerAdjustment.symbol, LedgerAdjustment.product, LedgerAdjustment.quantity)
+             .order_by(LedgerAdjustment.id))
+    return [("write_off", *row) for row in query.tuples()]
+
+
+def strategy_day_counts(since: str) -> dict[str, dict[str, int]]:
+    """Per strategy: `orders` created at or after `since` (UTC ISO-8601) and `fills`, those of its orders with a
+    fill recorded since then."""
+    out: dict[str, dict[str, int]] = {}
+    for strategy, n in (Order.select(Order.strategy_name, fn.COUNT(Order.id)).where(Order.created_at >= since)
+                        .group_by(Order.strategy_name).tuples()):
+        out.setdefault(strategy, {"orders": 0, "fills": 0})["orders"] = n
+    for strategy, n in (Order.select(Order.strategy_name, fn.COUNT(Order.id))
+                        .where((Order.filled_qty > 0) & (Order.updated_at >= since))
+                        .group_by(Order.strategy_name).tuples()):
+        out.setdefault(strategy, {"orders": 0, "fills": 0})["fills"] = n
+    return out
