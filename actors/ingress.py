@@ -176,12 +176,18 @@ class IngressApp:
         self.config = config
         self.accepting = threading.Event()
         self.ready = threading.Event()
+        # The dashboard (/ui/): its own WSGI app (Flask), built once, calling this app's operator functions.
+        from actors.dashboard.app import create_dashboard
+
+        self.dashboard = create_dashboard(self, registry, config)
 
     # ---- WSGI plumbing --------------------------------------------------------------------------
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/") or "/"
+        if path == "/" or path.startswith("/ui"):
+            return self.dashboard(environ, start_response)
         try:
             status, payload = self.route(method, path, environ)
         except Exception:  # noqa: BLE001 - the listener must answer, and the failure must be visible
