@@ -158,3 +158,18 @@ def test_plain_words_and_times():
     assert session_fresh({"user": "operator", "t": 1000.0}, 1000.0 + SESSION_TTL_S + 1) == "expired"
     assert session_fresh({"user": "operator", "t": 1000.0}, 1001.0) == "ok"
     assert session_fresh({}, 1001.0) == "none"
+
+
+def test_operator_session_ok_tells_a_live_session(dash):
+    from werkzeug.test import EnvironBuilder
+
+    from actors.dashboard.app import operator_session_ok
+
+    session, _ = login(dash)
+    app = dash.app.dashboard
+    cookie = session.cookies.get("oms_session")
+    with_cookie = EnvironBuilder(path="/positions", headers={"Cookie": f"oms_session={cookie}"}).get_environ()
+    assert operator_session_ok(app, with_cookie)
+    assert not operator_session_ok(app, EnvironBuilder(path="/positions").get_environ())
+    forged = EnvironBuilder(path="/positions", headers={"Cookie": f"oms_session={cookie[:-2]}xx"}).get_environ()
+    assert not operator_session_ok(app, forged)

@@ -41,6 +41,7 @@ HERE = Path(__file__).parent
 SECRET_FILE = "dashboard_secret"
 SESSION_TTL_S = 12 * 3600
 PAGE_SIZE = 100
+LIVE_LIMIT = 500  # rows per live poll; the rest come on the next poll
 FORM_LEGS = 4
 RISK_ACTIONS = {"halt": "Halt: block every new entry (exits go on)",
                 "reduce": "Reduce: exits only, entries blocked",
@@ -91,6 +92,13 @@ def session_fresh(data, now: float) -> str:
     return "ok"
 
 
+def operator_session_ok(dashboard: Flask, environ) -> bool:
+    """Whether a request carries a live dashboard session (for the operator surface's authentication)."""
+    with dashboard.request_context(environ):
+        data = dashboard.session_interface.open_session(dashboard, request)
+        return data is not None and session_fresh(data, time.time()) == "ok"
+
+
 def day_bounds(text: str | None) -> tuple[str | None, str | None]:
     """An IST date YYYY-MM-DD as [from, to) in UTC ISO-8601; (None, None) when absent; ValueError when wrong."""
     if not text:
@@ -137,7 +145,8 @@ def create_dashboard(ingress, registry, config) -> Flask:
 
     def safe_next(target: str | None) -> str:
         # Only a path of this dashboard: never an open redirect to another host.
-        if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+        if (target and target.startswith("/ui/") and not target.startswith(("//", "/ui/login"))
+                and "\\" not in target):
             return target
         return url_for("orders")
 
@@ -256,7 +265,12 @@ def create_dashboard(ingress, registry, config) -> Flask:
     def orders_changed():
         f = order_filters()
         since = request.args.get("since") or ""
-        rows = queries.orders_changed_since(since, f["strategy"], f["symbol"], f["created_from"], f["created_to"])
+        rows = queries.orders_changed_since(since, f["strategy"], f["symbol"], f["created_from"], f["created_to"],
+                                            limit=LIVE_LIMIT + 1)
+        if len(rows) > LIVE_LIMIT:
+            # Cut before the last timestamp: rows sharing it beyond the limit must not be skipped next time.
+            rows = rows[:LIVE_LIMIT]
+            rows = [r for r in rows if r["updated_at"] != rows[-1]["updated_at"]] or rows
         return jsonify(rows=[order_view(o, f["status"]) for o in rows],
                        since=max([since] + [o["updated_at"] for o in rows]),
                        counts=queries.filtered_counts_by_status(f["strategy"], f["symbol"], f["created_from"],
