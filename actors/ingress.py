@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from actors.access import Addresses, Lockout, bearer, check_signature, constant_equal, signature_key
 from actors.base import SupervisedActor
+from actors.dashboard import reads
 from messages.alerts import WebhookAlert, WebhookLeg
 from messages.commands import (
     CancelOrder,
@@ -442,12 +443,21 @@ class IngressApp:
         self._refusal_timer: threading.Timer | None = None
         self._timer_lock = threading.Lock()
         self._risk_seen = "unknown"  # /health: the last risk state the risk actor answered
+        # The dashboard (/ui/, part of the operator surface): its own WSGI app (Flask) with its own login, built
+        # once, calling this app's operator functions.
+        self.dashboard = None
+        if OPERATOR in self.surfaces:
+            from actors.dashboard.app import create_dashboard
+
+            self.dashboard = create_dashboard(self, registry, config)
 
     # ---- WSGI plumbing --------------------------------------------------------------------------
 
     def __call__(self, environ, start_response):
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "/") or "/"
+        if self.dashboard is not None and (path == "/" or path == "/ui" or path.startswith("/ui/")):
+            return self.dashboard(environ, start_response)
         try:
             status, payload = self.route(method, path, environ)
         except Exception as exc:  # noqa: BLE001 - the listener must answer, and the failure must be visible
@@ -547,7 +557,9 @@ class IngressApp:
                 order = queries.get_order(path.split("/", 2)[2])
                 return (200, order) if order else (404, {"error": "no such order"})
             if path == "/positions":
-                return 200, queries.strategy_positions()
+                return 200, reads.position_rows(reads.market(self.registry))
+            if path == "/strategies":
+                return 200, reads.strategy_rows(reads.market(self.registry))
             if path == "/diagnostics":
                 return 200, {"counts": queries.counts_by_status(),
                              "stuck": queries.stuck_orders(self.config.service.stuck_after_s),
@@ -650,6 +662,11 @@ class IngressApp:
         data = self._operator_body(environ, "positions/exit")
         if isinstance(data, tuple):
             return data
+        return self.request_exits(data, source="manual", remote=data["_remote"])
+
+    def request_exits(self, data: dict, *, source: str, remote: str | None) -> tuple[int, Any]:
+        """Register EXIT alerts for the positions matching data's `strategy`/`symbol`/`exchange` (all when none),
+        at most `qty` each; also what the dashboard's Exit buttons call (source "dashboard")."""
         positions = [p for p in queries.strategy_positions()
                      if (not data.get("strategy") or p["strategy_name"] == data["strategy"])
                      and (not data.get("symbol") or p["symbol"] == data["symbol"])
@@ -666,10 +683,10 @@ class IngressApp:
                      "direction": "SELL" if p["net_qty"] > 0 else "BUY", "order_type": "MARKET",
                      "qty": min(abs(p["net_qty"]), data["qty"]) if data.get("qty") else abs(p["net_qty"])}
                     for p in held]
-            alert = WebhookAlert.model_validate({"alert_id": f"manual-exit-{batch}-{strategy}"[:200],
+            alert = WebhookAlert.model_validate({"alert_id": f"{source}-exit-{batch}-{strategy}"[:200],
                                                  "strategy_name": strategy, "execution_type": "EXIT",
                                                  "legs": legs})
-            status, answer = self.register(alert, source="manual", remote=data["_remote"],
+            status, answer = self.register(alert, source=source, remote=remote,
                                            body=self.redactor.dumps({k: v for k, v in data.items() if k != "_remote"}))
             if status not in (200, 202):
                 return status, answer
@@ -681,13 +698,24 @@ class IngressApp:
         data = self._operator_body(environ, "orders/cancel")
         if isinstance(data, tuple):
             return data
-        open_orders = [o for status in ("SENT_TO_BROKER", "PARTIAL")
-                       for o in queries.list_orders(status, data.get("strategy"), data.get("symbol"), 10000)]
+        return self.request_cancels(data, source="manual", remote=data["_remote"])
+
+    def request_cancels(self, data: dict, *, source: str, remote: str | None) -> tuple[int, Any]:
+        """Cancel our open orders matching data's `strategy`/`symbol` (all when none), or exactly the one
+        `command_id` given (the dashboard's Cancel button)."""
+        if data.get("command_id") is not None and not isinstance(data["command_id"], str):
+            return 400, {"error": "command_id must be a string"}
+        if data.get("command_id"):
+            one = queries.get_order(data["command_id"])
+            open_orders = [one] if one and one["status"] in ("SENT_TO_BROKER", "PARTIAL") else []
+        else:
+            open_orders = [o for status in ("SENT_TO_BROKER", "PARTIAL")
+                           for o in queries.list_orders(status, data.get("strategy"), data.get("symbol"), 10000)]
         for order in open_orders:
-            self.registry.tell("broker", CancelOrder(command_id=order["command_id"], reason="operator cancel-all"))
+            self.registry.tell("broker", CancelOrder(command_id=order["command_id"], reason=f"{source} cancel"))
         ids = [o["command_id"] for o in open_orders]
-        self._record(RecordAlert(source="manual", outcome="cancel_requested", http_status=202,
-                                 remote_addr=data["_remote"], strategy_name=data.get("strategy"),
+        self._record(RecordAlert(source=source, outcome="cancel_requested", http_status=202,
+                                 remote_addr=remote, strategy_name=data.get("strategy"),
                                  body=self.redactor.dumps({k: v for k, v in data.items() if k != "_remote"}),
                                  error=f"cancel requested for {len(ids)} order(s): {' '.join(ids)}"[:2000]))
         return 202, {"cancel_requested": ids}

@@ -59,7 +59,17 @@ from messages.commands import (
     TransitionOrder,
 )
 from messages.orders import NewOrder, OrderSnapshot
-from messages.risk import CancelIntent, ExitIntent, Flatten, Reduce, RiskEvent, StopFlatten
+from messages.risk import (
+    CancelIntent,
+    ExitIntent,
+    Flatten,
+    GetLastPrices,
+    LastPrice,
+    LastPrices,
+    Reduce,
+    RiskEvent,
+    StopFlatten,
+)
 from runtime.noren.errors import SessionExpired
 from storage import queries
 from storage.models import Order, RiskState, utc_now
@@ -100,6 +110,18 @@ def risk_request(path: str, data: dict) -> Halt | Resume | Reduce | Flatten | St
         return 400, {"error": f"exchange must be one of {sorted(EXCHANGES)}"}
     return Flatten(strategy=strategy.strip() if strategy else None,
                    exchange=exchange.strip().upper() if exchange else None, reason="MANUAL")
+
+
+def last_prices(rows, at: str | None = None) -> LastPrices:
+    """The last price and contract multiplier (mult x prcftr) of every row of a PositionBook."""
+    out = []
+    for row in rows:
+        if not row.get("exch") or not row.get("tsym"):
+            continue
+        mult = (row.get("mult") or 1.0) * (row.get("prcftr") or 1.0)
+        out.append(LastPrice(exchange=str(row["exch"]), symbol=str(row["tsym"]), last_price=row.get("lp"),
+                             multiplier=float(mult)))
+    return LastPrices(prices=tuple(out), at=at)
 
 
 class RiskActor(SupervisedActor):
@@ -220,6 +242,8 @@ class RiskActor(SupervisedActor):
             return view
         if isinstance(message, GetState):
             return self.view(now)
+        if isinstance(message, GetLastPrices):
+            return last_prices(self.rows, _iso(self.rows_at) if self.rows_at else None)
         if message == "flatten_round":  # a round on a fresh PositionBook, without waiting for the next poll
             rows = self._read_positions()
             self._run_jobs(rows if rows is not None else self.rows, now, counts_as_read=False)

@@ -88,3 +88,28 @@ class FlattenPlan(_Frozen):
     def idle(self) -> bool:
         """Nothing to do and nothing to wait for (leftovers cannot be exited through the pipeline)."""
         return not (self.cancels or self.exits or self.waiting)
+
+
+# ---- last prices for the positions view (GET /positions, the dashboard) --------------------------------
+
+class GetLastPrices(_Frozen):
+    """Ask RiskActor for the last prices and contract multipliers of its latest PositionBook (answered with
+    LastPrices; empty until a non-empty PositionBook has been read)."""
+
+
+class LastPrice(_Frozen):
+    exchange: str
+    symbol: str
+    last_price: float | None = None
+    multiplier: float = 1.0  # mult x prcftr of the PositionBook row (1 where the broker reports none)
+
+
+class LastPrices(_Frozen):
+    prices: tuple[LastPrice, ...] = ()
+    at: str | None = None  # UTC ISO-8601 of the PositionBook read
+
+    def maps(self) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+        """{(exchange, symbol): last price} (known prices only) and {(exchange, symbol): multiplier}."""
+        last = {(p.exchange, p.symbol): p.last_price for p in self.prices if p.last_price is not None}
+        mult = {(p.exchange, p.symbol): p.multiplier for p in self.prices}
+        return last, mult

@@ -619,6 +619,59 @@ def cmd_cancel(args) -> int:
     return EXIT_OK
 
 
+def _table(headers: tuple[str, ...], rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [line(headers)] + [line(r) for r in rows]
+
+
+def format_positions(positions: list[dict], strategies: list[dict], now: datetime) -> list[str]:
+    """GET /positions and GET /strategies as two tables, headed by the time in IST. Unknown prices show `-`."""
+    out = [f"positions at {now.astimezone(IST):%Y-%m-%d %H:%M:%S} IST (realized: today's fills; "
+           f"closed today: NET 0)"]
+    if not positions:
+        out.append("no position open or traded today")
+    else:
+        out += _table(("STRATEGY", "EXCH", "SYMBOL", "PRODUCT", "NET", "AVG", "LAST", "REALIZED", "UNREALIZED"),
+                      [[str(p["strategy_name"]), str(p["exchange"]), str(p["symbol"]), str(p["product"]),
+                        str(p["net_qty"]), _money(p.get("avg_price")), _money(p.get("last_price")),
+                        _money(p.get("realized_pnl")), _money(p.get("unrealized_pnl"))] for p in positions],
+                      right={4, 5, 6, 7, 8})
+    if strategies:
+        out.append("")
+        out += _table(("STRATEGY", "REALIZED", "UNREALIZED", "OPEN", "ORDERS", "FILLS"),
+                      [[str(t["strategy_name"]), _money(t.get("realized_pnl")), _money(t.get("unrealized_pnl")),
+                        str(t.get("open_positions", 0)), str(t.get("orders", 0)), str(t.get("fills", 0))]
+                       for t in strategies], right={1, 2, 3, 4, 5})
+    return out
+
+
+def cmd_positions(args) -> int:
+    """Positions and P&L per strategy: from the running service (with last prices), else from the database."""
+    config = _config(args)
+    try:
+        positions = _service_call(config, "GET", "/positions")
+        strategies = _service_call(config, "GET", "/strategies")
+        note = None
+    except ServiceError as exc:
+        from actors.dashboard import reads
+
+        _open_db(config)
+        positions, strategies = reads.position_rows(), reads.strategy_rows()
+        note = f"oms: read from the database, last prices unknown: {exc}"
+    if args.json:
+        _out(json.dumps({"positions": positions, "strategies": strategies}, indent=2, default=str))
+    else:
+        for text in format_positions(positions, strategies, datetime.now(timezone.utc)):
+            _out(text)
+    if note:
+        _out(note, file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_backup(args) -> int:
     """A consistent copy of the database with SQLite's online backup API: safe while `oms run` writes."""
     import sqlite3
@@ -795,6 +848,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--strategy", help="only this strategy's open orders")
     cancel.add_argument("--symbol", help="only open orders in this trading symbol")
     cancel.set_defaults(func=cmd_cancel)
+
+    positions = with_config(sub.add_parser("positions", help="positions and P&L per strategy (open or traded today)"))
+    positions.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    positions.set_defaults(func=cmd_positions)
 
     backup = with_config(sub.add_parser("backup", help="a consistent copy of the database, safe while running"))
     backup.add_argument("path", help="the new file (or an existing directory: orders-<UTC time>.db in it)")

@@ -171,3 +171,111 @@ def entry_positions_since(since: str) -> list[dict]:
         {"strategy_name": k[0], "exchange": k[1], "symbol": k[2], "product": k[3], "net_qty": v}
         for k, v in sorted(rows.items()) if v != 0
     ]
+
+
+# ---- positions and P&L per strategy (actors/pnl.py replays these) -------------------------------------------
+
+def fill_events() -> list[tuple]:
+    """Every order with a fill as ("fill", at, strategy, exchange, symbol, product, side, filled_qty, avg_price),
+    `at` = updated_at (when its latest fill was recorded; an order's fills count on the day it last changed)."""
+    query = (Order.select(Order.updated_at, Order.strategy_name, Order.exchange, Order.symbol, Order.product,
+                          Order.side, Order.filled_qty, Order.avg_price)
+             .where(Order.filled_qty > 0).order_by(Order.id))
+    return [("fill", *row) for row in query.tuples()]
+
+
+def write_off_events() -> list[tuple]:
+    """Every ledger write-off as ("write_off", at, strategy, exchange, symbol, product, signed quantity)."""
+    query = (LedgerAdjustment.select(LedgerAdjustment.at, LedgerAdjustment.strategy_name, LedgerAdjustment.exchange,
+                                     LedgerAdjustment.symbol, LedgerAdjustment.product, LedgerAdjustment.quantity)
+             .order_by(LedgerAdjustment.id))
+    return [("write_off", *row) for row in query.tuples()]
+
+
+def strategy_day_counts(since: str) -> dict[str, dict[str, int]]:
+    """Per strategy: `orders` created at or after `since` (UTC ISO-8601) and `fills`, those of its orders with a
+    fill recorded since then."""
+    out: dict[str, dict[str, int]] = {}
+    for strategy, n in (Order.select(Order.strategy_name, fn.COUNT(Order.id)).where(Order.created_at >= since)
+                        .group_by(Order.strategy_name).tuples()):
+        out.setdefault(strategy, {"orders": 0, "fills": 0})["orders"] = n
+    for strategy, n in (Order.select(Order.strategy_name, fn.COUNT(Order.id))
+                        .where((Order.filled_qty > 0) & (Order.updated_at >= since))
+                        .group_by(Order.strategy_name).tuples()):
+        out.setdefault(strategy, {"orders": 0, "fills": 0})["fills"] = n
+    return out
+
+
+# ---- the dashboard (actors/dashboard/) -----------------------------------------------------------------------
+
+def _order_filters(query, status: str | None, strategy: str | None, symbol: str | None,
+                   created_from: str | None, created_to: str | None):
+    if status:
+        query = query.where(Order.status == status.upper())
+    if strategy:
+        query = query.where(Order.strategy_name == strategy)
+    if symbol:
+        query = query.where(Order.symbol == symbol)
+    if created_from:
+        query = query.where(Order.created_at >= created_from)
+    if created_to:
+        query = query.where(Order.created_at < created_to)
+    return query
+
+
+def orders_page(status: str | None = None, strategy: str | None = None, symbol: str | None = None,
+                created_from: str | None = None, created_to: str | None = None, before_id: int | None = None,
+                limit: int = 100) -> list[dict]:
+    """Newest first, keyset-paginated on id (the next page: before_id = the last row's id)."""
+    query = _order_filters(Order.select(), status, strategy, symbol, created_from, created_to)
+    if before_id is not None:
+        query = query.where(Order.id < before_id)
+    return [order_dict(r) for r in query.order_by(Order.id.desc()).limit(max(1, min(int(limit), 1000)))]
+
+
+def orders_changed_since(since: str, strategy: str | None = None, symbol: str | None = None,
+                         created_from: str | None = None, created_to: str | None = None,
+                         limit: int = 500) -> list[dict]:
+    """Orders with updated_at > since (status not filtered: a row that leaves the filter must update too)."""
+    query = _order_filters(Order.select().where(Order.updated_at > since), None, strategy, symbol, created_from,
+                           created_to)
+    return [order_dict(r) for r in query.order_by(Order.updated_at).limit(limit)]
+
+
+def filtered_counts_by_status(strategy: str | None = None, symbol: str | None = None,
+                              created_from: str | None = None, created_to: str | None = None) -> dict[str, int]:
+    counts = {s: 0 for s in T.STATUSES}
+    query = _order_filters(Order.select(Order.status, fn.COUNT(Order.id)), None, strategy, symbol, created_from,
+                           created_to)
+    for status, n in query.group_by(Order.status).tuples():
+        counts[status] = n
+    return counts
+
+
+def latest_order_update() -> str:
+    return Order.select(fn.MAX(Order.updated_at)).scalar() or ""
+
+
+def orders_in_doubt(limit: int = 100) -> list[dict]:
+    """Orders whose fate at the broker is not known from a broker id: SENT_TO_BROKER without broker_order_id
+    (PlaceOrder's outcome unknown) and FAILED LOST_IN_FLIGHT, newest first."""
+    query = (Order.select().where(((Order.status == T.SENT_TO_BROKER) & Order.broker_order_id.is_null())
+                                  | ((Order.status == T.FAILED) & (Order.tag == "LOST_IN_FLIGHT")))
+             .order_by(Order.id.desc()).limit(limit))
+    return [order_dict(r) for r in query]
+
+
+def external_orders(limit: int = 100) -> list[dict]:
+    from storage.models import ExternalOrder
+
+    return [dict(r.__data__) for r in ExternalOrder.select().order_by(ExternalOrder.id.desc()).limit(limit)]
+
+
+def alert_of(alert_key: str) -> dict | None:
+    """The audited request (secret redacted) that registered an alert's legs."""
+    from storage.models import Alert
+
+    if not alert_key:
+        return None
+    row = Alert.select().where(Alert.alert_key == alert_key).order_by(Alert.id).first()
+    return dict(row.__data__) if row else None

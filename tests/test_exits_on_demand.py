@@ -46,14 +46,15 @@ def test_exit_all_one_strategy_or_one_symbol_with_qty(make_system):
     assert sorted((o["symbol"], o["filled_qty"]) for o in exits) == [(NIFTY_CE, 45),
                                                                       (NIFTY_PE, 65)]
     positions = requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()
-    assert [(p["strategy_name"], p["net_qty"]) for p in positions] == [("B", 65)]
+    # A's positions stay listed, closed today (net 0), with their realized P&L
+    assert sorted((p["strategy_name"], p["net_qty"]) for p in positions) == [("A", 0), ("A", 0), ("B", 65)]
 
     # all: only B is left
     reply = requests.post(f"{system.url}/positions/exit", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5)
     assert reply.status_code == 202
     for o in reply.json()["orders"]:
         system.wait_for_status(o["command_id"], "EXECUTED")
-    assert requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json() == []
+    assert [p["net_qty"] for p in requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()] == [0, 0, 0]
     nothing = requests.post(f"{system.url}/positions/exit", headers=system.operator_headers, json={"secret_key": SECRET}, timeout=5)
     assert nothing.status_code == 404
 

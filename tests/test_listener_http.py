@@ -98,8 +98,12 @@ def test_positions(populated, paper):
     system, ids = populated
     reply = get(system, "/positions")
     assert reply.status_code == 200
-    assert reply.json() == [{"strategy_name": "S1", "exchange": "NFO", "symbol": SYM, "product": "NRML",
-                             "net_qty": 65}]
+    [row] = reply.json()
+    assert {k: row[k] for k in ("strategy_name", "exchange", "symbol", "product", "net_qty")} == {
+        "strategy_name": "S1", "exchange": "NFO", "symbol": SYM, "product": "NRML", "net_qty": 65}
+    assert row["avg_price"] > 0 and row["realized_pnl"] == 0.0
+    assert set(row) == {"strategy_name", "exchange", "symbol", "product", "net_qty", "avg_price", "last_price",
+                        "realized_pnl", "unrealized_pnl"}
 
 
 def test_diagnostics_counts_by_status(populated):

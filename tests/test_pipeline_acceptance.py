@@ -321,7 +321,9 @@ def test_exit_closes_the_whole_position(make_system, paper):
     sent = at_paper(paper, exit_cid)
     assert len(sent) == 1 and (sent[0]["trantype"], sent[0]["prd"], sent[0]["qty"]) == ("S", "M", "65")
     assert paper_netqty(paper, SYM) == 0
-    assert requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json() == []
+    # closed today: still listed, with net 0
+    assert [(p["symbol"], p["net_qty"]) for p in requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()] == [
+        (SYM, 0)]
 
 
 def test_exit_leg_is_resolved_against_the_held_position(make_system, paper):

@@ -62,7 +62,7 @@ def at_paper(exchange, command_id: str) -> list[dict]:
 
 def positions(system) -> dict[str, int]:
     rows = requests.get(f"{system.url}/positions", headers=system.operator_headers, timeout=5).json()
-    return {f"{r['strategy_name']}|{r['symbol']}": r["net_qty"] for r in rows}
+    return {f"{r['strategy_name']}|{r['symbol']}": r["net_qty"] for r in rows if r["net_qty"]}  # closed today: 0
 
 
 def hold(system, strategy: str, legs: list[dict]) -> None:
