@@ -26,6 +26,7 @@ from loguru import logger
 
 from actors.base import SupervisedActor
 from actors.ingress import EXCHANGES, new_command_id
+from actors.pnl_series import PnlSeries
 from actors.risk_rules import (
     ACTIVE,
     HALTED,
@@ -60,6 +61,7 @@ from messages.commands import (
 )
 from messages.orders import NewOrder, OrderSnapshot
 from messages.risk import (
+    GetPnlSeries,
     CancelIntent,
     ExitIntent,
     Flatten,
@@ -80,7 +82,8 @@ QUOTE_TTL_S = 10.0  # a last price older than this is fetched again for a MARKET
 CANCEL_RETRY_S = 10.0  # a cancel is re-sent if the order is still open this long after
 SETTLE_READS = 2  # consecutive idle PositionBook reads before a flatten is declared done
 ADMITTED_TTL_S = 600.0
-PNL_SAVE_EVERY_S = 30.0  # an ordinary PnL change is saved at most this often (breach, warning, floor at once)
+PNL_SAVE_EVERY_S = 30.0
+PNL_SERIES_KEY = "pnl_series"  # risk_state key of today's P&L through the day  # an ordinary PnL change is saved at most this often (breach, warning, floor at once)
 
 
 def _utc_now() -> datetime:
@@ -145,11 +148,15 @@ class RiskActor(SupervisedActor):
         self.admitted: dict[str, float] = {}  # entries passed while still CREATED: command_id -> epoch
         self.cancel_sent: dict[str, float] = {}
         self.soft_saved_at = float("-inf")
+        self.series = PnlSeries()  # today's P&L a minute at a time (the dashboard's chart)
+        self.series_saved: str | None = None
 
     # ---- lifecycle and persistence --------------------------------------------------------------
 
     def on_start(self):
         rows = {r.key: r.value for r in RiskState.select().where(RiskState.client_id == self.client_id)}
+        self.series = PnlSeries.from_json(rows.pop(PNL_SERIES_KEY, None))
+        self.series_saved = self.series.to_json()
         self.core = RiskCore.load(self.limits, rows)
         now = self.clock()
         self.started_at = now
@@ -169,7 +176,10 @@ class RiskActor(SupervisedActor):
         if soft and self.core.soft:
             self.soft_saved_at = time.monotonic()
         stamp = utc_now()
-        for key, value in self.core.take_dirty(soft=soft).items():
+        dirty = self.core.take_dirty(soft=soft)
+        if soft and (series := self.series.to_json()) != self.series_saved:
+            dirty[PNL_SERIES_KEY], self.series_saved = series, series
+        for key, value in dirty.items():
             (RiskState.insert(client_id=self.client_id, key=key, value=value, updated_at=stamp)
              .on_conflict(conflict_target=[RiskState.client_id, RiskState.key],
                           update={RiskState.value: value, RiskState.updated_at: stamp})
@@ -242,6 +252,8 @@ class RiskActor(SupervisedActor):
             return view
         if isinstance(message, GetState):
             return self.view(now)
+        if isinstance(message, GetPnlSeries):
+            return self.series.as_dict()
         if isinstance(message, GetLastPrices):
             return last_prices(self.rows, _iso(self.rows_at) if self.rows_at else None)
         if message == "flatten_round":  # a round on a fresh PositionBook, without waiting for the next poll
@@ -377,6 +389,8 @@ class RiskActor(SupervisedActor):
 
     def _on_positions(self, message: PositionsSnapshot, now: datetime) -> None:
         events = self.core.on_positions(message.rows, message.ok, now)
+        if message.ok and self.core.day is not None:
+            self.series.add(now, trading_day(now), self.core.day.pnl, self.core.loss_floor())
         if message.ok:
             self.last_ok_at = now
             if message.rows:

@@ -92,6 +92,11 @@ class FlattenPlan(_Frozen):
 
 # ---- last prices for the positions view (GET /positions, the dashboard) --------------------------------
 
+class GetPnlSeries(_Frozen):
+    """Ask RiskActor for today's P&L through the day: {"day", "points": [{"at", "pnl", "floor"}]}, one point a
+    minute (the dashboard's chart)."""
+
+
 class GetLastPrices(_Frozen):
     """Ask RiskActor for the last prices and contract multipliers of its latest PositionBook (answered with
     LastPrices; empty until a non-empty PositionBook has been read)."""

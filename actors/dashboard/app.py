@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from flask import Flask, abort, flash, jsonify, redirect, render_template, request, session, url_for
+from markupsafe import Markup
 from flask.sessions import SecureCookieSessionInterface
 from loguru import logger
 from pydantic import ValidationError
@@ -31,9 +32,11 @@ from pydantic import ValidationError
 from actors.access import Lockout, constant_equal, password_ok
 from actors.dashboard import reads
 from actors.dashboard.words import ist, money, plain_tag
+from actors.pnl_series import svg as pnl_svg
 from actors.risk_rules import IST
 from messages.alerts import WebhookAlert
 from messages.commands import GetState
+from messages.risk import GetPnlSeries
 from storage import queries
 from storage import transitions as T
 
@@ -350,11 +353,14 @@ def create_dashboard(ingress, registry, config) -> Flask:
 
     @app.route("/ui/risk")
     def risk():
+        chart = Markup("")
         try:
             view, error = registry.ask("risk", GetState(), timeout=5), None
+            series = registry.ask("risk", GetPnlSeries(), timeout=5)
+            chart = Markup(pnl_svg(series["points"]))  # built from numbers only (actors/pnl_series.py)
         except Exception as exc:  # noqa: BLE001 - show the page and say the engine did not answer
             view, error = None, f"the risk engine did not answer ({type(exc).__name__})"
-        return render_template("risk.html", view=view, error=error)
+        return render_template("risk.html", view=view, error=error, chart=chart)
 
     @app.route("/ui/risk/<action>", methods=["POST"])
     def risk_action(action: str):
