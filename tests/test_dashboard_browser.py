@@ -169,7 +169,7 @@ def test_a_trading_day_in_the_browser(dash, browser, paper):
     confirm(driver, "Halt")
     wait(driver, lambda d: css(d, "#risk-state").text.startswith("HALTED"), "the state HALTED")
     shot(driver, "risk")
-    assert requests.get(f"{dash.url}/risk", timeout=5).json()["state"] == "HALTED"
+    assert requests.get(f"{dash.url}/risk", headers=dash.operator_headers, timeout=5).json()["state"] == "HALTED"
     css(driver, "#nav-orders").click()
     wait(driver, lambda d: css(d, "#orders"), "the orders page")
     blocked = webhook(dash, strategy="TV2", alert_id="tv-2")
@@ -194,7 +194,7 @@ def test_refusals_in_the_browser(dash, browser):
     driver.execute_script("document.querySelectorAll('input[name=csrf]').forEach(function (e) { e.remove(); });")
     css(driver, "#risk-halt").click()
     wait(driver, lambda d: "nothing was done" in css(d, "#message").text, "the CSRF refusal")
-    assert requests.get(f"{dash.url}/risk", timeout=5).json()["state"] == "ACTIVE"
+    assert requests.get(f"{dash.url}/risk", headers=dash.operator_headers, timeout=5).json()["state"] == "ACTIVE"
     shot(driver, "csrf-refused")
 
     # An expired session (correctly signed, logged in longer ago than the lifetime) goes back to the login.

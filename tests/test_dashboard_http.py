@@ -37,7 +37,7 @@ def dash(make_system):
 
 
 def test_login_session_cookie_and_headers(dash):
-    first = requests.get(f"{dash.url}/", timeout=5, allow_redirects=False)
+    first = requests.get(f"{dash.url}/", headers=dash.operator_headers, timeout=5, allow_redirects=False)
     assert first.status_code == 302 and first.headers["Location"].endswith("/ui/")
     anonymous = requests.get(f"{dash.url}/ui/positions", timeout=5, allow_redirects=False)
     assert anonymous.status_code == 302 and "/ui/login" in anonymous.headers["Location"]
@@ -83,7 +83,7 @@ def test_a_post_without_the_csrf_token_changes_nothing(dash):
     assert refused.status_code == 400 and "nothing was done" in refused.text
     wrong = session.post(f"{dash.url}/ui/risk/halt", data={"confirm": "yes", "csrf": "forged"}, timeout=5)
     assert wrong.status_code == 400
-    assert requests.get(f"{dash.url}/risk", timeout=5).json()["state"] == "ACTIVE"
+    assert requests.get(f"{dash.url}/risk", headers=dash.operator_headers, timeout=5).json()["state"] == "ACTIVE"
 
 
 def test_an_expired_session_goes_back_to_login(dash):
