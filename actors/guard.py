@@ -44,7 +44,7 @@ from actors.guard_book import (
     split_quantities,
 )
 from actors.instruments import freeze_qty, freeze_table, lot_size_fallback, underlying
-from actors.store import has_children, new_command_id, split_family
+from actors.store import has_children, split_family
 from messages.commands import (
     AmendExitLeg,
     CancelOrder,
@@ -52,7 +52,6 @@ from messages.commands import (
     InstrumentQuery,
     NoteOrder,
     Notify,
-    OrdersRegistered,
     PositionsSnapshot,
     RegisterAlert,
     RegisterResult,
@@ -64,7 +63,7 @@ from messages.commands import (
     TransitionResult,
     WriteOffPosition,
 )
-from messages.orders import NewOrder, OrderChanged, OrderSnapshot
+from messages.orders import NewOrder, OrderChanged, OrderSnapshot, new_command_id
 from storage import queries
 from storage import transitions as T
 
@@ -328,9 +327,8 @@ class GuardActor(SupervisedActor):
             logger.error("guard: could not register the one-legged exit ({!r})", exc)
             self._notify("risk", f"Could not exit the one-legged spread {alert_group(filled[0])}: exit it by hand")
             return
-        created = tuple(o for o in result.orders if o.status == T.CREATED)
-        if created:
-            self.registry.tell("risk", OrdersRegistered(orders=created))
+        logger.warning("one-legged spread: exits {} registered (the store sends them down the pipeline)",
+                       ", ".join(o.command_id for o in result.orders))
 
     # ---- helpers ----------------------------------------------------------------------------------
 

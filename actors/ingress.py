@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from actors.access import Addresses, Lockout, bearer, check_signature, constant_equal, signature_key
 from actors.base import SupervisedActor
+from actors.operator_requests import risk_request
 from actors.dashboard import reads
 from messages.alerts import WebhookAlert, WebhookLeg
 from messages.commands import (
@@ -35,15 +36,13 @@ from messages.commands import (
     ClaimSignature,
     GetState,
     Notify,
-    OrdersRegistered,
     RecordAlert,
     RegisterAlert,
     RegisterResult,
 )
-from messages.orders import NewOrder
+from messages.orders import EXCHANGES, NewOrder, new_command_id
 from storage import queries
 
-EXCHANGES = frozenset({"NSE", "NFO", "BSE", "BFO", "MCX", "CDS"})
 REGISTER_TIMEOUT_S = 2.5  # the 202 must leave well inside TradingView's 3 s
 # Signatures are remembered a little longer than the +/-5 minute window in which one is accepted at all.
 SIGNATURE_MEMORY_S = 900.0
@@ -63,11 +62,6 @@ _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.S)
 _SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 REDACTED = "***"
-
-
-def new_command_id() -> str:
-    """20 characters, globally unique; travels to the broker as `remarks`."""
-    return "oms" + uuid.uuid4().hex[:17]
 
 
 class BodyError(ValueError):
@@ -569,9 +563,6 @@ class IngressApp:
                 return 200, self.registry.ask("risk", GetState(), timeout=5)
         if method == "POST" and path in ("/risk/halt", "/risk/resume", "/risk/reduce", "/risk/flatten",
                                          "/risk/flatten/stop"):
-            # The risk commands' parsing lives with RiskActor.
-            from actors.risk import risk_request
-
             data = self._operator_body(environ, path.lstrip("/"))
             if isinstance(data, tuple):
                 return data
@@ -802,11 +793,10 @@ class IngressApp:
             future = self.registry.ask_future("store", msg)
             result: RegisterResult = future.get(timeout=REGISTER_TIMEOUT_S)
         except pykka.Timeout:
-            # The commit may still land: if it does, its legs must not sit CREATED until a restart.
+            # The commit may still land: then the store announces its legs to the blockers as for any alert (the
+            # retry with the same alert_id is answered 200 with that first answer).
             logger.error("alert {}: registration did not complete in {}s; answering 503", alert_id,
                          REGISTER_TIMEOUT_S)
-            threading.Thread(target=self._late_registration, args=(future, alert_id, alert), daemon=True,
-                             name=f"late-{alert_id}"[:40]).start()
             return 503, {"error": "could not register the alert in time; retry with the same alert_id",
                          "alert_id": alert_id}
         except Exception as exc:  # noqa: BLE001 - a dead store: say so, never pretend
@@ -817,7 +807,8 @@ class IngressApp:
         return result.http_status, result.response
 
     def _dispatch(self, result: RegisterResult, alert_id: str, alert: WebhookAlert) -> None:
-        """Send a freshly registered alert's CREATED legs on to the blockers."""
+        """Tell the trader about a freshly registered alert (the store has already announced its CREATED legs to
+        the blockers: one way into the pipeline for every source)."""
         if result.duplicate:
             return
         if result.note:
@@ -826,21 +817,9 @@ class IngressApp:
                 kind="alert", text=f"Alert {alert_id} ({alert.strategy_name} {alert.execution_type}): the "
                                    f"alert_id was used before for different content; traded as a new alert. Make "
                                    f"alert_ids unique (see README)."))
-        created = tuple(o for o in result.orders if o.status == "CREATED")
         self.registry.tell("notifier", Notify(
             kind="alert", text=f"Alert {alert_id} {alert.strategy_name} {alert.execution_type}: "
                                f"{len(result.orders)} leg(s)"))
-        if created:
-            self.registry.tell("risk", OrdersRegistered(orders=created))
-
-    def _late_registration(self, future, alert_id: str, alert: WebhookAlert) -> None:
-        try:
-            result: RegisterResult = future.get(timeout=300)
-        except Exception as exc:  # noqa: BLE001 - never committed: nothing to send; a retry will register it
-            logger.error("alert {}: registration never completed ({!r})", alert_id, exc)
-            return
-        logger.warning("alert {}: registered late (after its 503); its legs continue", alert_id)
-        self._dispatch(result, alert_id, alert)
 
     def _record(self, msg: RecordAlert) -> None:
         """Audit a request that registered nothing; refusals are also notified (rate-limited)."""

@@ -25,7 +25,6 @@ from datetime import UTC, datetime, timedelta
 from loguru import logger
 
 from actors.base import SupervisedActor
-from actors.ingress import EXCHANGES, new_command_id
 from actors.pnl_series import PnlSeries
 from actors.risk_rules import (
     ACTIVE,
@@ -59,7 +58,7 @@ from messages.commands import (
     RiskCleared,
     TransitionOrder,
 )
-from messages.orders import NewOrder, OrderSnapshot
+from messages.orders import NewOrder, OrderSnapshot, new_command_id
 from messages.risk import (
     GetPnlSeries,
     CancelIntent,
@@ -76,7 +75,7 @@ from runtime.noren.errors import SessionExpired
 from storage import queries
 from storage.models import Order, RiskState, utc_now
 
-__all__ = ["ACTIVE", "HALTED", "REDUCING", "RiskActor", "RiskBook", "positions_pnl", "risk_request"]
+__all__ = ["ACTIVE", "HALTED", "REDUCING", "RiskActor", "RiskBook", "positions_pnl"]
 
 QUOTE_TTL_S = 10.0  # a last price older than this is fetched again for a MARKET notional check
 CANCEL_RETRY_S = 10.0  # a cancel is re-sent if the order is still open this long after
@@ -92,27 +91,6 @@ def _utc_now() -> datetime:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def risk_request(path: str, data: dict) -> Halt | Resume | Reduce | Flatten | StopFlatten | tuple[int, dict]:
-    """`POST /risk/halt|resume|reduce|flatten|flatten/stop` as a message for RiskActor, or the (status, body)
-    refusal.
-
-    `data` is the JSON body the listener already authenticated with the webhook secret (these commands act on
-    the account, and the listener usually faces the internet for TradingView)."""
-    if path.endswith("/flatten/stop"):
-        return StopFlatten()
-    if path.endswith("/halt"):
-        return Halt(reason="MANUAL")
-    if path.endswith("/resume"):
-        return Resume()
-    if path.endswith("/reduce"):
-        return Reduce()
-    strategy, exchange = data.get("strategy"), data.get("exchange")
-    if exchange is not None and exchange.strip().upper() not in EXCHANGES:
-        return 400, {"error": f"exchange must be one of {sorted(EXCHANGES)}"}
-    return Flatten(strategy=strategy.strip() if strategy else None,
-                   exchange=exchange.strip().upper() if exchange else None, reason="MANUAL")
 
 
 def last_prices(rows, at: str | None = None) -> LastPrices:
@@ -540,8 +518,8 @@ class RiskActor(SupervisedActor):
                      for i, e in enumerate(exits))
         body = json.dumps({"reason": job.reason, "scope": job.as_dict(), "round": job.rounds})
         try:
-            result: RegisterResult = self.registry.ask("store", RegisterAlert(
-                alert_id=alert_id, source="risk", strategy_name=job.strategy, body=body, legs=legs), timeout=5)
+            self.registry.ask("store", RegisterAlert(alert_id=alert_id, source="risk", strategy_name=job.strategy,
+                                                     body=body, legs=legs), timeout=5)
         except Exception as exc:  # noqa: BLE001 - not registered: the next round plans them again
             logger.error("risk: could not register flatten exits ({!r}); retrying on the next round", exc)
             return
@@ -549,9 +527,8 @@ class RiskActor(SupervisedActor):
         logger.bind(event="risk", kind="FLATTEN", alert_id=alert_id).warning("risk: flatten round {}: {}",
                                                                            job.rounds, what)
         self._notify(f"Flatten ({job.reason}) round {job.rounds}: {what}")
-        created = tuple(o for o in result.orders if o.status == "CREATED")
-        if created:
-            self._check(created, now)  # EXITs: they pass risk and go on to the guard
+        # The store announces the registered exits back to this actor, as for every alert: they pass risk (EXITs
+        # always do) and go on to the guard, which sizes them by the broker's truth.
 
 
 # ---- superseded -------------------------------------------------------------------------------------

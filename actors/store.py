@@ -20,10 +20,12 @@ from actors.notifier import describe_change
 
 from messages.commands import (
     AmendExitLeg,
+    AnnounceLegs,
     ClaimSignature,
     NoteOrder,
     Notify,
     BrokerOrderReport,
+    OrdersRegistered,
     RecordAlert,
     RegisterAlert,
     RegisterResult,
@@ -36,14 +38,9 @@ from messages.commands import (
     TransitionResult,
     WriteOffPosition,
 )
-from messages.orders import OrderChanged, OrderSnapshot
+from messages.orders import OrderChanged, OrderSnapshot, new_command_id
 from storage import transitions as T
 from storage.models import Alert, ExternalOrder, LedgerAdjustment, Order, OrderEvent, SeenSignature, utc_now
-
-
-def new_command_id() -> str:
-    """The same shape as ingress's: 20 characters, globally unique; travels to the broker as `remarks`."""
-    return "oms" + uuid.uuid4().hex[:17]
 
 
 def new_alert_key() -> str:
@@ -456,14 +453,19 @@ class OrderStore:
 
 
 class StoreActor(SupervisedActor):
-    """Thin actor over OrderStore: applies writes in mailbox order and publishes OrderChanged."""
+    """Thin actor over OrderStore: applies writes in mailbox order and publishes OrderChanged.
+
+    It is also the one way into the pipeline: once an alert's legs are committed (whoever registered them: the
+    listener, the dashboard, the risk flatten, the guard's one-legged exit) or recovery hands back legs of an
+    earlier run (AnnounceLegs), the CREATED legs are announced to `pipeline` (RiskActor, the first blocker)."""
 
     registry_name = "store"
 
-    def __init__(self, db, registry, subscribers: tuple[str, ...] = ()):
+    def __init__(self, db, registry, subscribers: tuple[str, ...] = (), pipeline: str | None = "risk"):
         super().__init__(registry)
         self.store = OrderStore(db)
         self.subscribers: list[str] = list(subscribers)
+        self.pipeline = pipeline
 
     def handle(self, message):
         if message == "sync":
@@ -472,7 +474,12 @@ class StoreActor(SupervisedActor):
             result, changes = self.store.register_alert(message)
             self._log_alert(message, result)
             self._publish(changes)
+            if not result.duplicate and message.announce:
+                self._announce(tuple(o for o in result.orders if o.status == T.CREATED))
             return result
+        if isinstance(message, AnnounceLegs):
+            self._announce(message.orders)
+            return None
         if isinstance(message, TransitionOrder):
             result, changes = self.store.transition(message)
             self._publish(changes)
@@ -516,6 +523,10 @@ class StoreActor(SupervisedActor):
             return None
         logger.error("StoreActor: unexpected message {!r}", type(message).__name__)
         return None
+
+    def _announce(self, orders: tuple[OrderSnapshot, ...]) -> None:
+        if orders and self.pipeline is not None:
+            self.registry.tell(self.pipeline, OrdersRegistered(orders=orders))
 
     def _external(self, report: BrokerOrderReport) -> None:
         logger.bind(event="external_order", broker_order_id=report.broker_order_id, symbol=report.symbol).warning(

@@ -29,6 +29,8 @@ class RegisterAlert(_Frozen):
     # only when an earlier alert with this alert_id had the same fingerprint; otherwise a new alert. None: no
     # retry detection (the service's own alerts, whose alert_ids are unique).
     fingerprint: str | None = None
+    # False: commit only; the legs are not announced to the blockers (tests that drive one actor by hand).
+    announce: bool = True
 
 
 class RegisterResult(_Frozen):
@@ -163,6 +165,13 @@ class ClaimSignature(_Frozen):
 
     key: str
     forget_before: str
+
+
+class AnnounceLegs(_Frozen):
+    """-> Store: send these CREATED legs down the pipeline (start-up recovery: legs registered before a restart
+    that are still young enough). The store is the one place that announces registered legs to the blockers."""
+
+    orders: tuple[OrderSnapshot, ...]
 
 
 class NoteOrder(_Frozen):

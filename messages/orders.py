@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import uuid
+
 from pydantic import BaseModel, ConfigDict
+
+# The exchanges an order may go to (NorenOMS exch codes).
+EXCHANGES = frozenset({"NSE", "NFO", "BSE", "BFO", "MCX", "CDS"})
+
+
+def new_command_id() -> str:
+    """An order's id: 20 characters, globally unique; travels to the broker as `remarks`."""
+    return "oms" + uuid.uuid4().hex[:17]
 
 
 class _Frozen(BaseModel):

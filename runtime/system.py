@@ -30,7 +30,7 @@ from actors.risk import RiskActor
 from actors.risk_rules import trading_day
 from actors.store import StoreActor
 from actors.watcher import WatcherActor
-from messages.commands import BrokerOrderReport, Notify, OrdersRegistered, TransitionOrder
+from messages.commands import AnnounceLegs, BrokerOrderReport, Notify, TransitionOrder
 from messages.orders import OrderSnapshot
 from runtime.config import Config
 from runtime.logs import add_stderr_sink, remove_logging, setup_logging
@@ -236,7 +236,7 @@ class System:
             else:
                 by_alert.setdefault(row.alert_key or row.alert_id, []).append(OrderSnapshot.model_validate(row.__data__))
         for orders in by_alert.values():
-            self.registry.tell("risk", OrdersRegistered(orders=tuple(orders)))
+            self.registry.tell("store", AnnounceLegs(orders=tuple(orders)))
         if by_alert:
             logger.info("recovery: CREATED orders of {} alert(s) continue through the blockers", len(by_alert))
 

@@ -124,7 +124,7 @@ def test_a_leg_the_broker_request_cannot_express_fails_before_the_claim(make_sys
     leg = NewOrder(command_id="omsinvalidrequest01", alert_id="bad", client_id="paper", source="webhook",
                    strategy_name="S1", execution_type="ENTRY", exchange="NFO", symbol=NIFTY_CE,
                    side="BUY", quantity=0, product="NRML", order_type="MARKET")
-    result = system.registry.ask("store", RegisterAlert(alert_id="bad", source="webhook", legs=(leg,)))
+    result = system.registry.ask("store", RegisterAlert(alert_id="bad", source="webhook", legs=(leg,), announce=False))
     system.inject("broker", SendLegs(orders=(result.orders[0],)))
     order = system.wait_for_status("omsinvalidrequest01", "FAILED")
     assert order["tag"] == "SEND_FAILED:INVALID_REQUEST"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from actors import risk_rules as R
-from actors.risk import risk_request
+from actors.operator_requests import risk_request
 from messages.risk import StopFlatten
 from runtime.config import ConfigError, config_from_dict
 

@@ -364,7 +364,7 @@ def create_dashboard(ingress, registry, config) -> Flask:
 
     @app.route("/ui/risk/<action>", methods=["POST"])
     def risk_action(action: str):
-        from actors.risk import risk_request
+        from actors.operator_requests import risk_request
 
         if action not in RISK_ACTIONS:
             abort(404)
