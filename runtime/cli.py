@@ -375,7 +375,8 @@ def cmd_bench(args) -> int:
         if getattr(args, name) is not None and not getattr(args, name) > 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     options = Options(orders=args.orders, rate=args.rate, burst=args.burst, watch=args.watch, json_path=args.json,
-                      soak=args.soak, quick=args.quick, keep=args.keep, soak_rate=args.soak_rate)
+                      soak=args.soak, quick=args.quick, keep=args.keep, soak_rate=args.soak_rate,
+                      dashboards=args.dashboards)
     if args.soak_orders is not None:
         options.soak_orders = args.soak_orders
     return run_bench(options)
@@ -815,6 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--soak-rate", type=float, default=None,
                        help="alerts/s in the soak (default 70%% of the measured throughput)")
     bench.add_argument("--quick", action="store_true", help="a tiny run: short warm-ups, a one-step sweep")
+    bench.add_argument("--dashboards", type=int, default=0, metavar="N",
+                       help="N dashboard tabs open on the Orders page (polling it every second) during the "
+                            "latency run")
     bench.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     bench.set_defaults(func=cmd_bench)
 
