@@ -22,6 +22,7 @@ from messages.commands import (
     AmendExitLeg,
     AnnounceLegs,
     ClaimSignature,
+    FlushBrokerStatuses,
     NoteOrder,
     Notify,
     BrokerOrderReport,
@@ -114,6 +115,7 @@ class _Sql:
     order_by_broker_id: str
     order_insert: str
     order_cas: str
+    broker_status_update: str
     event_insert: str
     alert_first_accepted: str
     alert_insert: str
@@ -130,6 +132,8 @@ def _statements(param: str) -> _Sql:
         order_by_command_id=f'{select} WHERE "command_id" = {p}',
         order_by_broker_id=f'{select} WHERE "broker_order_id" = {p} ORDER BY "id" LIMIT 1',
         order_insert=_insert(Order._meta.table_name, _ORDER_INSERT_COLUMNS, p),
+        broker_status_update=(f'UPDATE {orders} SET "broker_status" = {p}, "broker_status_at" = {p} '
+                              f'WHERE "command_id" = {p}'),
         order_cas=(f"UPDATE {orders} SET {', '.join(f'{_q(c)} = {p}' for c in _ORDER_MUTABLE)} "
                    f'WHERE "command_id" = {p} AND "status" = {p}'),
         event_insert=_insert(OrderEvent._meta.table_name, _EVENT_COLUMNS, p),
@@ -156,6 +160,8 @@ class OrderStore:
     def __init__(self, db):
         self.db = db
         self.sql = _statements(db.param)
+        # command_id -> (broker status, when heard): statuses that changed nothing else, written in batches.
+        self.pending_broker_status: dict[str, tuple[str, str]] = {}
 
     def _rows(self, sql: str, params: tuple) -> list[tuple]:
         # fetchall runs the statement to its end: no half-read SELECT keeps a read snapshot open.
@@ -402,11 +408,29 @@ class OrderStore:
         self.db.execute_sql(self.sql.external_insert, tuple(values[c] for c in _EXTERNAL_COLUMNS))
         return True
 
-    @staticmethod
-    def _state(row: dict) -> T.OrderState:
+    def _state(self, row: dict) -> T.OrderState:
+        """The order as the store knows it: its row, with a broker status not yet written (see
+        `pending_broker_status`) taken as recorded."""
+        pending = self.pending_broker_status.get(row["command_id"])
         return T.OrderState(status=row["status"], filled_qty=row["filled_qty"], avg_price=row["avg_price"],
                             broker_order_id=row["broker_order_id"], tag=row["tag"],
-                            broker_status=row["broker_status"])
+                            broker_status=pending[0] if pending else row["broker_status"])
+
+    def flush_broker_statuses(self) -> int:
+        """Write the broker statuses that arrived without any other news (PENDING -> OPEN ...) in one
+        transaction. They only tell `oms verify` that the broker confirmed the order, which can wait a moment;
+        a write per status would cost the hot path a commit per push. Returns how many rows changed."""
+        if not self.pending_broker_status:
+            return 0
+        pending, self.pending_broker_status = self.pending_broker_status, {}
+        written = 0
+        with self.db.atomic():
+            for command_id, (status, at) in pending.items():
+                row = self.get_order(command_id)
+                if row is None or T.next_broker_status(self._state(row), status) is None:
+                    continue  # a later write already recorded it, or something newer
+                written += self.db.execute_sql(self.sql.broker_status_update, (status, at, command_id)).rowcount
+        return written
 
     def apply_broker_report(self, report: BrokerOrderReport) -> tuple[ReportResult, list[OrderChanged]]:
         view = T.BrokerView(status=T.normalise_broker_status(report.status), filled_qty=report.filled_qty,
@@ -416,8 +440,13 @@ class OrderStore:
         # lock. A no-op judged on a committed row is the report applied at that moment; whatever anyone
         # writes later comes after it, and plan_broker_update is idempotent and monotonic.
         row = self.find_for_report(report)
-        if row is not None and not T.report_changes_order(self._state(row), view):
-            return ReportResult(matched=True, command_id=row["command_id"]), []
+        if row is not None:
+            state = self._state(row)
+            if T.plan_broker_update(state, view) is None:
+                status = T.next_broker_status(state, view.status)
+                if status is not None:  # only the broker's own status is new: written with the next batch
+                    self.pending_broker_status[row["command_id"]] = (status, utc_now())
+                return ReportResult(matched=True, command_id=row["command_id"]), []
         with self.db.atomic():
             # Read again under the write lock: the plan must be made on the row the UPDATE overwrites.
             row = self.find_for_report(report)
@@ -440,7 +469,8 @@ class OrderStore:
             detail = f"broker {view.status} via {report.origin}"
             # Every write a broker report makes records the broker's own status with it (a new one, or the one
             # we had when only fills or ids moved), and when the broker last told us something new.
-            seen = dict(broker_status=broker_status or row["broker_status"], broker_status_at=utc_now())
+            seen = dict(broker_status=broker_status or current.broker_status, broker_status_at=utc_now())
+            self.pending_broker_status.pop(row["command_id"], None)  # written now, with this change
             if plan is None:  # only the broker's status is new (e.g. PENDING -> OPEN): no transition
                 change = self._apply(row, None, None, detail, **seen)
             else:
@@ -466,9 +496,14 @@ class StoreActor(SupervisedActor):
         self.store = OrderStore(db)
         self.subscribers: list[str] = list(subscribers)
         self.pipeline = pipeline
+        self.flush_due = False  # a FlushBrokerStatuses is in the mailbox
+
+    def on_stop(self):
+        self.store.flush_broker_statuses()
 
     def handle(self, message):
         if message == "sync":
+            self.store.flush_broker_statuses()
             return True  # answered once every earlier message has been applied
         if isinstance(message, RegisterAlert):
             result, changes = self.store.register_alert(message)
@@ -477,6 +512,10 @@ class StoreActor(SupervisedActor):
             if not result.duplicate and message.announce:
                 self._announce(tuple(o for o in result.orders if o.status == T.CREATED))
             return result
+        if isinstance(message, FlushBrokerStatuses):
+            self.flush_due = False
+            self.store.flush_broker_statuses()
+            return None
         if isinstance(message, AnnounceLegs):
             self._announce(message.orders)
             return None
@@ -487,6 +526,9 @@ class StoreActor(SupervisedActor):
         if isinstance(message, BrokerOrderReport):
             result, changes = self.store.apply_broker_report(message)
             self._publish(changes)
+            if self.store.pending_broker_status and not self.flush_due:
+                self.flush_due = True
+                self.actor_ref.tell(FlushBrokerStatuses())
             if result.external:
                 self._external(message)
             return result

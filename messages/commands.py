@@ -167,6 +167,11 @@ class ClaimSignature(_Frozen):
     forget_before: str
 
 
+class FlushBrokerStatuses(_Frozen):
+    """Store -> itself: write the broker statuses held back (queued behind the messages waiting now, so one
+    transaction covers everything that arrived meanwhile)."""
+
+
 class AnnounceLegs(_Frozen):
     """-> Store: send these CREATED legs down the pipeline (start-up recovery: legs registered before a restart
     that are still young enough). The store is the one place that announces registered legs to the blockers."""
