@@ -34,7 +34,7 @@ from actors.base import SupervisedActor
 from messages.commands import BrokerOrderNotFound, BrokerOrderReport, PositionsSnapshot, Tick, TransitionOrder
 from messages.noren import TERMINAL_STATUSES
 from runtime.noren.errors import BrokerError, SessionExpired, says_order_unknown
-from runtime.ticker import Ticker
+from actors.ticker import Ticker
 from storage import transitions as T
 from storage import book as stored_book
 from storage import queries

@@ -5,8 +5,12 @@ session), answering 503 until recovery has finished; then database, paper exchan
 NotifierActor, BrokerActor, WatcherActor, GuardActor, RiskActor, start-up recovery, and only then do the
 listeners accept alerts. Stop: the listeners refuse alerts first (they stay bound, answering 503), in-flight
 orders drain, then every actor stops in exactly the reverse of the start order (STOP_ORDER: the listeners
-last), then the paper exchange and the database. If the listener ever stops on its own, `fatal` is set (and it is logged and notified): `oms run` then
-stops the service and exits non-zero so that a process supervisor restarts it.
+last), then the paper exchange and the database. If the listener ever stops on its own, `fatal` is set (and
+it is logged and notified): `oms run` then stops the service and exits non-zero so that a process supervisor
+restarts it.
+
+This is the only module of runtime/ that imports actors/ (tests/test_layers.py): the `oms` command reaches the
+few actor helpers it needs (hash_password, failure_kind, dashboard_reads, ListenerBindError) through here.
 """
 
 from __future__ import annotations
@@ -22,11 +26,21 @@ from typing import Any, Callable, Iterable
 import pykka
 from loguru import logger
 
+from actors.access import hash_password  # noqa: F401 - for `oms operator hash-password`
 from actors.broker import BrokerActor
 from actors.broker_session import SessionGate
+from actors.dashboard import reads as dashboard_reads  # noqa: F401 - for `oms positions` without a service
 from actors.guard import GuardActor
-from actors.ingress import OPERATOR, WEBHOOK, IngressActor, IngressApp, OperatorIngressActor, create_listener
-from actors.notifier import NotifierActor
+from actors.ingress import (  # noqa: F401 - ListenerBindError: for `oms run`
+    OPERATOR,
+    WEBHOOK,
+    IngressActor,
+    IngressApp,
+    ListenerBindError,
+    OperatorIngressActor,
+    create_listener,
+)
+from actors.notifier import NotifierActor, failure_kind  # noqa: F401 - failure_kind: for `oms tail`, `oms exit`
 from actors.risk import RiskActor
 from actors.risk_rules import trading_day
 from actors.store import StoreActor
