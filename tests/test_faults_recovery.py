@@ -2,8 +2,8 @@
 
 The whole service runs in-process (real actors, a real SQLite file under tmp_path) against the real paper
 exchange on loopback; faults are switched on through the exchange's control routes or the registry's
-`inject_fault`. No mocks, no fixed sleeps: every wait is a condition with a deadline, and "nothing happens
-later" is checked after the watcher has demonstrably polled the exchange again.
+`inject_fault` (tests/faults.py's FaultyRegistry). No mocks, no fixed sleeps: every wait is a condition with a
+deadline, and "nothing happens later" is checked after the watcher has demonstrably polled the exchange again.
 
 Timing knobs: `request_timeout_s` 0.5 (a hung PlaceOrder is given up quickly), `lost_grace_s` 1.0 with 2
 look-ups, and where a test must be deterministic about which REST call meets a fault or where a fill
