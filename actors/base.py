@@ -18,7 +18,6 @@ class SupervisedActor(pykka.ThreadingActor):
 
     def on_receive(self, message):
         self._current = message
-        self.registry.maybe_raise_fault(self.registry_name, message)
         result = self.handle(message)
         self._current = None
         return result

@@ -61,7 +61,7 @@ from runtime.noren.errors import (
 )
 from runtime.noren.errors import says_order_unknown  # cancel: `Order not found` (BROKER_UNKNOWN_ORDER)
 from runtime.noren.rest import NorenRestClient
-from storage.models import Order
+from storage import queries
 
 if TYPE_CHECKING:
     from runtime.noren.ws import Touch
@@ -237,16 +237,6 @@ class RateLimiter:
     def record(self, now: float) -> None:
         self.sent.append(now)
         self.recent.append(now)
-
-
-_STATUS_SQL = f"SELECT status FROM {Order._meta.table_name} WHERE command_id = ?"
-
-
-def order_status(command_id: str) -> str | None:
-    """The order's status from the database, or None if there is no such order. One constant SELECT of one
-    column: building a peewee query for it cost about 0.3 ms per send."""
-    rows = Order._meta.database.execute_sql(_STATUS_SQL, (command_id,)).fetchall()  # fetchall: the read ends here
-    return rows[0][0] if rows else None
 
 
 def touchline_protection(order: OrderSnapshot, touch: Touch, inst: Instrument, kind: str,
@@ -471,30 +461,31 @@ class BrokerActor(SupervisedActor):
 
     def cancel(self, message: CancelOrder) -> bool:
         """Ask the broker to cancel one of our orders; the outcome comes back as a broker report."""
-        row = Order.get_or_none(Order.command_id == message.command_id)
-        if row is None or row.status not in ("SENT_TO_BROKER", "PARTIAL"):
+        row = queries.order_row(message.command_id)
+        if row is None or row["status"] not in ("SENT_TO_BROKER", "PARTIAL"):
             return False
-        if not row.broker_order_id:
-            logger.warning("cannot cancel {} yet: its PlaceOrder outcome is unknown ({})", row.command_id,
+        if not row["broker_order_id"]:
+            logger.warning("cannot cancel {} yet: its PlaceOrder outcome is unknown ({})", row["command_id"],
                            message.reason)
             return False
         for _ in range(2):
             if not self.logged_in and not self.login():
                 break
             try:
-                self.client.cancel_order(row.broker_order_id)
-                logger.info("cancel requested for {} ({}): {}", row.command_id, row.broker_order_id, message.reason)
+                self.client.cancel_order(row["broker_order_id"])
+                logger.info("cancel requested for {} ({}): {}", row["command_id"], row["broker_order_id"],
+                            message.reason)
                 self.registry.tell("watcher", "lookup")  # pick the cancellation up without waiting for a poll
                 return True
             except SessionExpired:
                 self.logged_in = False
             except BrokerError as exc:  # e.g. already complete: the broker's report settles it
-                logger.warning("cancel of {} refused or failed: {}", row.command_id, exc)
+                logger.warning("cancel of {} refused or failed: {}", row["command_id"], exc)
                 if says_order_unknown(exc):
                     # Filled or cancelled meanwhile, or forgotten by the broker: the watcher checks the books
                     # before it concludes anything (BROKER_UNKNOWN_ORDER).
                     self.registry.tell("watcher", BrokerOrderNotFound(
-                        command_id=row.command_id, broker_order_id=row.broker_order_id, route="CancelOrder",
+                        command_id=row["command_id"], broker_order_id=row["broker_order_id"], route="CancelOrder",
                         emsg=broker_reason(exc.emsg)))
                 return False
         return False
@@ -677,7 +668,7 @@ class BrokerActor(SupervisedActor):
     def prepare(self, order: OrderSnapshot) -> tuple[PlaceOrderRequest, str] | None:
         """Price the leg (market protection) and build its PlaceOrder, before any claim. None: the leg is not
         sendable and has been failed from CREATED (nothing at the broker, nothing ambiguous)."""
-        status = order_status(order.command_id)  # a cheap early look; the claim's compare-and-set decides
+        status = queries.order_status(order.command_id)  # a cheap early look; the claim's compare-and-set decides
         if status is not None and status != "CREATED":
             logger.warning("order {} not sent: it is {} already", order.command_id, status)
             return None  # a repeated SendLegs: no look-ups for an order the claim would refuse anyway

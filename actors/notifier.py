@@ -23,7 +23,7 @@ from actors.base import SupervisedActor
 
 from messages.commands import Notify, Tick
 from messages.orders import OrderChanged
-from runtime.ticker import Ticker
+from actors.ticker import Ticker
 
 # Notification kinds that every order produces; logged at DEBUG when there is no token (see the docstring).
 ROUTINE = frozenset({"alert", "placed", "filled", "partial"})

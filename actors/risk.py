@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from loguru import logger
@@ -31,7 +30,6 @@ from actors.risk_rules import (
     HALTED,
     IST,
     KILL_SWITCH,
-    OPEN_STATUSES,
     REDUCING,
     FlattenJob,
     Limits,
@@ -53,7 +51,6 @@ from messages.commands import (
     OrdersRegistered,
     PositionsSnapshot,
     RegisterAlert,
-    RegisterResult,
     Resume,
     RiskCleared,
     TransitionOrder,
@@ -73,9 +70,9 @@ from messages.risk import (
 )
 from runtime.noren.errors import SessionExpired
 from storage import queries
-from storage.models import Order, RiskState, utc_now
+from storage import risk_state
 
-__all__ = ["ACTIVE", "HALTED", "REDUCING", "RiskActor", "RiskBook", "positions_pnl"]
+__all__ = ["ACTIVE", "HALTED", "REDUCING", "RiskActor", "positions_pnl"]
 
 QUOTE_TTL_S = 10.0  # a last price older than this is fetched again for a MARKET notional check
 CANCEL_RETRY_S = 10.0  # a cancel is re-sent if the order is still open this long after
@@ -132,7 +129,7 @@ class RiskActor(SupervisedActor):
     # ---- lifecycle and persistence --------------------------------------------------------------
 
     def on_start(self):
-        rows = {r.key: r.value for r in RiskState.select().where(RiskState.client_id == self.client_id)}
+        rows = risk_state.load(self.client_id)
         self.series = PnlSeries.from_json(rows.pop(PNL_SERIES_KEY, None))
         self.series_saved = self.series.to_json()
         self.core = RiskCore.load(self.limits, rows)
@@ -153,15 +150,10 @@ class RiskActor(SupervisedActor):
         soft = everything or time.monotonic() - self.soft_saved_at >= PNL_SAVE_EVERY_S
         if soft and self.core.soft:
             self.soft_saved_at = time.monotonic()
-        stamp = utc_now()
         dirty = self.core.take_dirty(soft=soft)
         if soft and (series := self.series.to_json()) != self.series_saved:
             dirty[PNL_SERIES_KEY], self.series_saved = series, series
-        for key, value in dirty.items():
-            (RiskState.insert(client_id=self.client_id, key=key, value=value, updated_at=stamp)
-             .on_conflict(conflict_target=[RiskState.client_id, RiskState.key],
-                          update={RiskState.value: value, RiskState.updated_at: stamp})
-             .execute())
+        risk_state.save(self.client_id, dirty)
 
     def _wall(self, when: datetime) -> datetime:
         """A time on the risk clock as wall-clock time, to compare with stored created_at/updated_at (which are
@@ -175,13 +167,10 @@ class RiskActor(SupervisedActor):
     def _rebuild_rates(self, now: datetime) -> None:
         """Entries admitted in the last minute before a restart still count against the rate limits."""
         cutoff = _iso(self._wall(now) - timedelta(seconds=60))
-        query = (Order.select(Order.created_at, Order.tag)
-                 .where((Order.execution_type == "ENTRY") & (Order.created_at >= cutoff)
-                        & (Order.status != "CREATED")))
-        for row in query:
-            if row.tag and row.tag.startswith(("RISK_BLOCKED", "VALIDATION_FAILED")):
+        for created_at, tag in queries.entries_created_since(cutoff):
+            if tag and tag.startswith(("RISK_BLOCKED", "VALIDATION_FAILED")):
                 continue
-            self.core.rates.record(self._on_risk_clock(row.created_at))
+            self.core.rates.record(self._on_risk_clock(created_at))
 
     def _notify(self, text: str) -> None:
         self.registry.tell("notifier", Notify(kind="risk", text=text))
@@ -282,14 +271,10 @@ class RiskActor(SupervisedActor):
             since = _iso(datetime.combine(trading_day(now), datetime.min.time(), IST))
         cutoff = now.timestamp() - ADMITTED_TTL_S
         self.admitted = {k: v for k, v in self.admitted.items() if v >= cutoff}
-        query = (Order.select(Order.command_id, Order.exchange, Order.symbol, Order.product, Order.status)
-                 .where((Order.execution_type == "ENTRY")
-                        & (Order.status.in_(list(OPEN_STATUSES))
-                           | ((Order.filled_qty > 0) & (Order.updated_at >= since)))))
-        for row in query:
-            if row.command_id in exclude or (row.status == "CREATED" and row.command_id not in self.admitted):
+        for command_id, exchange, symbol, product, status in queries.entry_instruments(since):
+            if command_id in exclude or (status == "CREATED" and command_id not in self.admitted):
                 continue
-            keys.add((row.exchange, row.symbol, row.product))
+            keys.add((exchange, symbol, product))
         return keys
 
     # ---- instrument facts (lot size, last price) ------------------------------------------------
@@ -309,7 +294,7 @@ class RiskActor(SupervisedActor):
             self._lookup(order.exchange, order.symbol, info, quote=need_lp)
         lot = info.get("ls")
         return OrderFacts(lot_size=lot or lot_size_fallback(order.exchange, order.symbol),
-                          lot_source="broker" if lot else "table", last_price=info.get("lp"))
+                          last_price=info.get("lp"))
 
     def _learn_instruments(self, rows) -> None:
         stamp = time.monotonic()
@@ -439,10 +424,7 @@ class RiskActor(SupervisedActor):
     def _run_jobs(self, rows: tuple[dict, ...], now: datetime, *, counts_as_read: bool) -> None:
         if not self.core.jobs:
             return
-        open_orders = list(Order.select(Order.command_id, Order.source, Order.strategy_name, Order.execution_type,
-                                        Order.exchange, Order.symbol, Order.product, Order.status,
-                                        Order.broker_order_id, Order.created_at)
-                           .where(Order.status.in_(list(OPEN_STATUSES))).dicts())
+        open_orders = queries.open_orders_brief()
         ledger = queries.strategy_positions()
         for job in list(self.core.jobs):
             self._round(job, rows, open_orders, ledger, now, counts_as_read)
@@ -529,43 +511,3 @@ class RiskActor(SupervisedActor):
         self._notify(f"Flatten ({job.reason}) round {job.rounds}: {what}")
         # The store announces the registered exits back to this actor, as for every alert: they pass risk (EXITs
         # always do) and go on to the guard, which sizes them by the broker's truth.
-
-
-# ---- superseded -------------------------------------------------------------------------------------
-
-@dataclass
-class RiskBook:
-    """The first-stage core (kill switch + plain daily max loss). Superseded by actors.risk_rules.RiskCore and
-    no longer used by RiskActor; kept only while tests/test_risk_book.py imports it."""
-
-    max_daily_loss: float = 0.0
-    state: str = ACTIVE
-    reason: str | None = None
-    pnl: float | None = None
-
-    def check(self, order: OrderSnapshot) -> str | None:
-        if order.execution_type != "ENTRY":
-            return None
-        if self.state == HALTED:
-            return self.reason or "KILL_SWITCH"
-        if self.state == REDUCING:
-            return "REDUCING_ONLY"
-        if self.loss_limit_hit():
-            return "DAILY_LOSS_HIT"
-        return None
-
-    def loss_limit_hit(self) -> bool:
-        return self.max_daily_loss > 0 and self.pnl is not None and self.pnl <= -self.max_daily_loss
-
-    def on_positions(self, rows, ok: bool) -> bool:
-        if not ok:
-            return False
-        self.pnl = positions_pnl(rows)
-        if self.loss_limit_hit() and self.state != HALTED:
-            self.state, self.reason = HALTED, "DAILY_LOSS_HIT"
-            return True
-        return False
-
-    def view(self) -> dict:
-        return {"state": self.state, "reason": self.reason, "pnl": self.pnl or 0.0,
-                "pnl_known": self.pnl is not None, "max_loss": self.max_daily_loss}

@@ -229,7 +229,6 @@ def reference_price(order: OrderSnapshot, last_price: float | None) -> float | N
 @dataclass(frozen=True)
 class OrderFacts:
     lot_size: int = 1
-    lot_source: str = "table"  # broker | table
     last_price: float | None = None
 
 

@@ -34,9 +34,11 @@ from actors.base import SupervisedActor
 from messages.commands import BrokerOrderNotFound, BrokerOrderReport, PositionsSnapshot, Tick, TransitionOrder
 from messages.noren import TERMINAL_STATUSES
 from runtime.noren.errors import BrokerError, SessionExpired, says_order_unknown
-from runtime.ticker import Ticker
+from actors.ticker import Ticker
 from storage import transitions as T
-from storage.models import ExternalOrder, Order
+from storage import book as stored_book
+from storage import queries
+from storage.book import SETTLED
 
 SIDES = {"B": "BUY", "S": "SELL"}
 # WebSocket down or off: with nothing of ours open, read the book only every 5th tick.
@@ -67,8 +69,6 @@ NET_READ_SPACING = 100
 # those missing from the read, and of the suspects due their final check. The others wait for the next read.
 UNKNOWN_LOOKUPS_PER_READ = 5
 UNKNOWN_TAG = "BROKER_UNKNOWN_ORDER"
-# Ids per `IN (...)` when comparing the book with the database (well under SQLite's variable limit).
-COMPARE_CHUNK = 500
 # A parsed book costs ~5 KB a row while it is alive, and glibc keeps the freed heap: after reading a large
 # book the process would keep that high-water mark (~600 MB at 100 000 rows). Give it back to the OS after
 # such a read (a trim takes up to ~20 ms, against ~50 ms of parsing for 1 000 rows).
@@ -127,16 +127,6 @@ class PollFilter:
     def keep_only(self, keys: set[str]) -> None:
         for key in [k for k in self.seen if k not in keys]:
             del self.seen[key]
-
-    def changed(self, reports: list[BrokerOrderReport]) -> list[BrokerOrderReport]:
-        out = []
-        for r in reports:
-            key = self.key(r.broker_order_id, r.remarks)
-            state = (r.status, r.filled_qty, r.avg_price)
-            if not self.unchanged(key, state):
-                self.remember(key, state)
-                out.append(r)
-        return out
 
     def forget(self) -> None:
         self.seen.clear()
@@ -288,67 +278,9 @@ class UnknownOrders:
         return suspect is not None and not listed and len(suspect.absent_at) >= self.reads_needed
 
 
-def _chunks(items: list, size: int = COMPARE_CHUNK):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _run(sql: str, params: list) -> list[tuple]:
-    return Order._meta.database.execute_sql(sql, params).fetchall()
-
-
-def _marks(count: int, width: int = 1) -> str:
-    one = "(" + ",".join("?" * width) + ")" if width > 1 else "?"
-    return ",".join([one] * count)
-
-
-# Constant SQL text: at a 100 000-row book, building the same queries with peewee costs more than running them.
-_ORDERS, _EXTERNAL = Order._meta.table_name, ExternalOrder._meta.table_name
-_STATE_COLUMNS = "o.status, o.filled_qty, o.avg_price, o.broker_order_id, o.tag, o.broker_status"
-# Book rows matched by remarks = command_id, minus those already settled: an EXECUTED order with its broker
-# id, its price and at least the row's fills (EXECUTED is terminal: nothing else could still be written; the
-# same shortcut as `report_changes`). Rows that match no command_id come back with a NULL status.
-_BY_REMARKS_SQL = ("WITH book(i, cid, filled) AS (VALUES {marks}) SELECT book.i, " + _STATE_COLUMNS
-                   + " FROM book LEFT JOIN " + _ORDERS + " o ON o.command_id = book.cid"
-                   " WHERE o.command_id IS NULL OR NOT (o.status = 'EXECUTED' AND o.broker_order_id IS NOT NULL"
-                   " AND o.broker_order_id <> '' AND o.avg_price IS NOT NULL AND o.filled_qty >= book.filled)")
-_BY_BROKER_ID_SQL = ("SELECT o.broker_order_id, " + _STATE_COLUMNS + " FROM " + _ORDERS
-                     + " o WHERE o.broker_order_id IN ({marks})")
-_EXTERNAL_SQL = "SELECT broker_order_id, status, filled_qty FROM " + _EXTERNAL + " WHERE broker_order_id IN ({marks})"
-SETTLED = "settled"  # by_remarks: ours, and nothing to change
-
-
 def by_remarks(rows: list) -> list:
     """For each row (with remarks): SETTLED, our OrderState, or None when its remarks are no command_id."""
-    out: list = [SETTLED] * len(rows)
-    size = COMPARE_CHUNK // 3 * 3
-    for base in range(0, len(rows), size):
-        chunk = rows[base:base + size]
-        params = []
-        for i, row in enumerate(chunk, start=base):
-            params += (i, row.remarks, int(row.fillshares or 0))
-        for i, status, filled, avg, broker_id, tag, bstatus in _run(
-                _BY_REMARKS_SQL.format(marks=_marks(len(chunk), 3)), params):
-            out[i] = None if status is None else T.OrderState(status, filled, avg, broker_id, tag, bstatus)
-    return out
-
-
-def by_broker_id(broker_ids: list[str]) -> dict[str, T.OrderState]:
-    out: dict[str, T.OrderState] = {}
-    for chunk in _chunks(broker_ids):
-        for bid, status, filled, avg, broker_id, tag, bstatus in _run(
-                _BY_BROKER_ID_SQL.format(marks=_marks(len(chunk))), chunk):
-            out.setdefault(bid, T.OrderState(status, filled, avg, broker_id, tag, bstatus))
-    return out
-
-
-def external_states(broker_ids: list[str]) -> dict[str, tuple[str, int]]:
-    """Recorded external orders: broker id -> (status, filled_qty)."""
-    out = {}
-    for chunk in _chunks(broker_ids):
-        for bid, status, filled in _run(_EXTERNAL_SQL.format(marks=_marks(len(chunk))), chunk):
-            out[bid] = (status, filled)
-    return out
+    return stored_book.states_by_remarks([(row.remarks, int(row.fillshares or 0)) for row in rows])
 
 
 def report_changes(current: T.OrderState, row) -> bool:
@@ -397,9 +329,9 @@ class BookReconciler:
         with_remarks = [row for row in candidates if row.remarks]
         matched = dict(zip(map(id, with_remarks), by_remarks(with_remarks)))
         by_id_wanted = [row.norenordno for row in candidates if row.norenordno and matched.get(id(row)) is None]
-        ours_by_id = by_broker_id(by_id_wanted) if by_id_wanted else {}
+        ours_by_id = stored_book.states_by_broker_id(by_id_wanted) if by_id_wanted else {}
         external_wanted = [bid for bid in by_id_wanted if bid not in ours_by_id]
-        external = external_states(external_wanted) if external_wanted else {}
+        external = stored_book.external_states(external_wanted) if external_wanted else {}
 
         out = []
         for row in candidates:
@@ -571,8 +503,7 @@ class WatcherActor(SupervisedActor):
         return None
 
     def poll_orders(self, force: bool = False, reason: str | None = None) -> None:
-        open_rows = list(Order.select(Order.command_id, Order.status, Order.broker_order_id, Order.updated_at)
-                         .where(Order.status.in_([T.SENT_TO_BROKER, T.PARTIAL])))
+        open_rows = queries.open_at_broker()
         now = time.monotonic()
         self.by_broker_id = {r.broker_order_id: r.command_id for r in open_rows if r.broker_order_id}
         self.silence.track(self.by_broker_id.values(), {r.command_id for r in open_rows}, now)
@@ -637,8 +568,8 @@ class WatcherActor(SupervisedActor):
 
     def suspect_unknown(self, command_id: str, broker_order_id: str, why: str) -> None:
         """The broker said it has no such order. Only our open orders with this very broker id are checked."""
-        row = Order.get_or_none(Order.command_id == command_id)
-        if row is None or row.status not in (T.SENT_TO_BROKER, T.PARTIAL) or row.broker_order_id != broker_order_id:
+        row = queries.order_row(command_id)
+        if row is None or row["status"] not in T.OPEN_AT_BROKER or row["broker_order_id"] != broker_order_id:
             return  # settled meanwhile (or not ours): nothing to check
         if self.unknown.suspect(command_id, broker_order_id, time.monotonic(), why):
             logger.warning("order {} (broker id {}) unknown to the broker? ({}); checking the books", command_id,

@@ -111,10 +111,6 @@ FloatZero = Annotated[float, BeforeValidator(_to_float_or_zero)]
 Str = Annotated[str | None, BeforeValidator(_to_str)]
 Status = Annotated[str | None, BeforeValidator(normalize_status)]
 
-# The statuses the broker documents (after normalisation); other values are kept as they come.
-ORDER_STATUSES = frozenset(
-    {"PENDING", "OPEN", "TRIGGER_PENDING", "COMPLETE", "REJECTED", "CANCELED", "EXPIRED", "INVALID_STATUS_TYPE"}
-)
 TERMINAL_STATUSES = frozenset({"COMPLETE", "REJECTED", "CANCELED", "EXPIRED"})
 
 
@@ -477,12 +473,3 @@ def touch_fields(message: dict[str, Any]) -> dict[str, float | int | None]:
             raise ValueError(f"touchline {name} is not a number: {message[name]!r}")
         fields[name] = value
     return fields
-
-
-class WsAck(NorenModel):
-    """`ck` / `ak` (connect acks) and `ok` (order-subscription ack)."""
-
-    t: Str = None
-    s: Str = None
-    uid: Str = None
-    emsg: Str = None

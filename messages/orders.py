@@ -63,10 +63,6 @@ class OrderSnapshot(OrderFields):
     created_at: str
     updated_at: str
 
-    @property
-    def signed_fill(self) -> int:
-        return self.filled_qty if self.side == "BUY" else -self.filled_qty
-
 
 class OrderChanged(_Frozen):
     """Published by StoreActor after every committed change of an order.
@@ -81,10 +77,6 @@ class OrderChanged(_Frozen):
     prev_broker_order_id: str | None = None
     tag: str | None = None
     detail: str | None = None
-
-    @property
-    def is_transition(self) -> bool:
-        return self.from_status != self.to_status or (self.to_status == "PARTIAL" and self.fill_delta > 0)
 
     @property
     def fill_delta(self) -> int:

@@ -97,8 +97,7 @@ def paper_lock_path(config: Config, embedded: bool) -> Path:
 def cmd_run(args) -> int:
     from loguru import logger
 
-    from actors.ingress import ListenerBindError
-    from runtime.system import StartRefused, System
+    from runtime.system import ListenerBindError, StartRefused, System
 
     config = _config(args)
     check_startable(config)
@@ -262,7 +261,7 @@ def _alert_error(data: dict) -> str:
 
 
 def format_event_line(data: dict) -> str:
-    from actors.notifier import failure_kind
+    from runtime.system import failure_kind
 
     at = str(data.get("at", ""))[11:23]
     event = data.get("event", "")
@@ -401,7 +400,7 @@ def cmd_operator(args) -> int:
     without echo, or from standard input when it is not a terminal; it is never printed)."""
     import getpass
 
-    from actors.access import hash_password
+    from runtime.system import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("operator password: ")
@@ -584,7 +583,7 @@ def _wait_terminal(config: Config, command_ids: list[str], wait_s: float) -> dic
 
 def describe_outcome(row: dict, wait_s: float) -> str:
     """One line: how an exit order ended (or that it had not ended within the wait)."""
-    from actors.notifier import failure_kind
+    from runtime.system import failure_kind
 
     what = f"{row.get('command_id')} {row.get('side') or ''} {row.get('quantity') or ''} {row.get('symbol') or ''}"
     what = " ".join(what.split())
@@ -658,7 +657,7 @@ def cmd_positions(args) -> int:
         strategies = _service_call(config, "GET", "/strategies")
         note = None
     except ServiceError as exc:
-        from actors.dashboard import reads
+        from runtime.system import dashboard_reads as reads
 
         _open_db(config)
         positions, strategies = reads.position_rows(), reads.strategy_rows()

@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
-
-from actors.access import new_token
 
 TOKEN_FILE = "operator_token"
 
@@ -26,7 +25,7 @@ def operator_token(config, *, create: bool = False) -> str:
         if not create:
             return ""
     path.parent.mkdir(parents=True, exist_ok=True)
-    token = new_token()
+    token = secrets.token_urlsafe(32)  # as actors.access.new_token; runtime/ does not import actors/
     # O_EXCL: two starts racing never write two different tokens; 0600: only the owner reads it.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -1,11 +1,16 @@
 """The one place that starts and stops everything, and the in-process API tests drive it through.
 
-Start order: the listener is bound first (a busy port fails the start at once, before any broker session),
-answering 503 until recovery has finished; then database, paper exchange (embedded mode), StoreActor,
-NotifierActor, BrokerActor, WatcherActor, GuardActor, RiskActor, start-up recovery, and only then does the
-listener accept alerts. Stop is the reverse, after the listener has stopped accepting and in-flight orders have
-drained. If the listener ever stops on its own, `fatal` is set (and it is logged and notified): `oms run` then
-stops the service and exits non-zero so that a process supervisor restarts it.
+Start (START_ORDER): the listeners are bound first (a busy port fails the start at once, before any broker
+session), answering 503 until recovery has finished; then database, paper exchange (embedded mode), StoreActor,
+NotifierActor, BrokerActor, WatcherActor, GuardActor, RiskActor, start-up recovery, and only then do the
+listeners accept alerts. Stop: the listeners refuse alerts first (they stay bound, answering 503), in-flight
+orders drain, then every actor stops in exactly the reverse of the start order (STOP_ORDER: the listeners
+last), then the paper exchange and the database. If the listener ever stops on its own, `fatal` is set (and
+it is logged and notified): `oms run` then stops the service and exits non-zero so that a process supervisor
+restarts it.
+
+This is the only module of runtime/ that imports actors/ (tests/test_layers.py): the `oms` command reaches the
+few actor helpers it needs (hash_password, failure_kind, dashboard_reads, ListenerBindError) through here.
 """
 
 from __future__ import annotations
@@ -21,16 +26,26 @@ from typing import Any, Callable, Iterable
 import pykka
 from loguru import logger
 
+from actors.access import hash_password  # noqa: F401 - for `oms operator hash-password`
 from actors.broker import BrokerActor
 from actors.broker_session import SessionGate
+from actors.dashboard import reads as dashboard_reads  # noqa: F401 - for `oms positions` without a service
 from actors.guard import GuardActor
-from actors.ingress import OPERATOR, WEBHOOK, IngressActor, IngressApp, OperatorIngressActor, create_listener
-from actors.notifier import NotifierActor
+from actors.ingress import (  # noqa: F401 - ListenerBindError: for `oms run`
+    OPERATOR,
+    WEBHOOK,
+    IngressActor,
+    IngressApp,
+    ListenerBindError,
+    OperatorIngressActor,
+    create_listener,
+)
+from actors.notifier import NotifierActor, failure_kind  # noqa: F401 - failure_kind: for `oms tail`, `oms exit`
 from actors.risk import RiskActor
 from actors.risk_rules import trading_day
 from actors.store import StoreActor
 from actors.watcher import WatcherActor
-from messages.commands import AnnounceLegs, BrokerOrderReport, Notify, TransitionOrder
+from messages.commands import AnnounceLegs, Notify, TransitionOrder
 from messages.orders import OrderSnapshot
 from runtime.config import Config
 from runtime.logs import add_stderr_sink, remove_logging, setup_logging
@@ -41,7 +56,6 @@ from runtime.supervisor import Supervisor
 from storage import queries
 from storage import transitions as T
 from storage.db import close_database, open_database
-from storage.models import Order
 
 LIVE_REST_URL = "https://api.shoonya.com/NorenWClientTP/"
 LIVE_WS_URL = "wss://api.shoonya.com/NorenWSTP/"
@@ -55,7 +69,22 @@ WS_WAIT_AT_START_S = 2.0
 RECOVER_TIMEOUT_S = 60.0
 # Start-up: how long the first broker login may take before the start is judged (connect + request timeouts).
 LOGIN_WAIT_S = 60.0
-STOP_ORDER = ("operator", "ingress", "risk", "guard", "broker", "watcher", "notifier", "store")
+LISTENERS = ("ingress", "operator")  # "operator" only with its own [operator] port
+ACTORS = ("store", "notifier", "broker", "watcher", "guard", "risk")
+START_ORDER = LISTENERS + ACTORS
+STOP_ORDER = tuple(reversed(START_ORDER))
+
+
+def expired_on_restart(created_at: str, now: datetime, max_signal_age_s: float) -> str | None:
+    """Why a CREATED order found at start-up must not be sent any more (its EXPIRED_ON_RESTART detail), or None
+    when it may continue through the blockers. Never send an intent of an earlier trading day (IST), whatever
+    max_signal_age_s says; otherwise an intent older than max_signal_age_s is stale."""
+    created = datetime.fromisoformat(created_at)
+    if trading_day(created) != trading_day(now):
+        return "created on an earlier trading day"
+    if created < now - timedelta(seconds=max_signal_age_s):
+        return "older than max_signal_age_s at restart"
+    return None
 
 
 class StartRefused(Exception):
@@ -66,12 +95,12 @@ class System:
     """The whole service in this process. `start()`, `stop()`, and helpers to inject and wait."""
 
     def __init__(self, config: Config, *, listen_port: int | None = None, log_to_stderr: bool = True,
-                 clock=None):
+                 clock=None, registry: Registry | None = None):
         self.config = config
         self.clock = clock  # UTC-aware datetime factory for risk (trading windows, day rollover); tests inject it
         self.listen_port = listen_port
         self.log_to_stderr = log_to_stderr
-        self.registry = Registry()
+        self.registry = registry or Registry()  # tests pass a FaultyRegistry (tests/faults.py)
         self.db = None
         self.paper = None
         self.app: IngressApp | None = None
@@ -157,7 +186,7 @@ class System:
             "guard": lambda: GuardActor.start(reg, cfg),
             "risk": lambda: RiskActor.start(reg, cfg, clock=self.clock),
         })
-        for name in ("store", "notifier", "broker", "watcher", "guard", "risk"):
+        for name in ACTORS:
             if name == "watcher":  # the first watcher knows recover() reads the book; a restarted one does not
                 reg.set(name, WatcherActor.start(reg, cfg, startup=True))
             elif name == "broker":  # the first broker's refused credentials stop the start (_check_login)
@@ -221,20 +250,16 @@ class System:
             self.registry.ask("store", "sync", timeout=RECOVER_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a broker outage must not stop the service starting
             logger.warning("start-up reconciliation incomplete ({!r}); polling continues", exc)
-        max_age = timedelta(seconds=self.config.service.max_signal_age_s)
-        cutoff = (datetime.now(timezone.utc) - max_age).isoformat(timespec="microseconds")
         by_alert: dict[str, list[OrderSnapshot]] = {}
-        today = trading_day(datetime.now(timezone.utc))
-        for row in Order.select().where(Order.status == T.CREATED).order_by(Order.id):
-            earlier_day = trading_day(datetime.fromisoformat(row.created_at)) != today
-            if row.created_at < cutoff or earlier_day:
-                # Never send an intent of an earlier trading day, whatever max_signal_age_s says.
+        now = datetime.now(timezone.utc)
+        for row in queries.created_orders():
+            why = expired_on_restart(row["created_at"], now, self.config.service.max_signal_age_s)
+            if why:
                 self.registry.ask("store", TransitionOrder(
-                    command_id=row.command_id, to_status=T.FAILED, expect_from=(T.CREATED,),
-                    tag="EXPIRED_ON_RESTART", detail="created on an earlier trading day" if earlier_day
-                    else "older than max_signal_age_s at restart"))
+                    command_id=row["command_id"], to_status=T.FAILED, expect_from=(T.CREATED,),
+                    tag="EXPIRED_ON_RESTART", detail=why))
             else:
-                by_alert.setdefault(row.alert_key or row.alert_id, []).append(OrderSnapshot.model_validate(row.__data__))
+                by_alert.setdefault(row["alert_key"] or row["alert_id"], []).append(OrderSnapshot.model_validate(row))
         for orders in by_alert.values():
             self.registry.tell("store", AnnounceLegs(orders=tuple(orders)))
         if by_alert:
@@ -253,10 +278,7 @@ class System:
         """Wait until no order is CREATED and every sent order has a broker id (or outcome is being resolved)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            busy = Order.select().where(
-                (Order.status == T.CREATED)
-                | ((Order.status == T.SENT_TO_BROKER) & Order.broker_order_id.is_null())).count()
-            if busy == 0:
+            if queries.in_flight_count() == 0:
                 return True
             time.sleep(0.05)
         return False
@@ -265,7 +287,7 @@ class System:
         if not self.started and self.db is None and self.registry.get("ingress") is None:
             return
         if self.registry.get("ingress") is not None:
-            for name in ("ingress", "operator"):
+            for name in LISTENERS:  # stop taking alerts before anything else stops
                 if self.registry.get(name) is None:
                     continue
                 try:
@@ -282,6 +304,7 @@ class System:
             if ref is not None:
                 try:
                     ref.stop(timeout=15)
+                    logger.debug("actor {} stopped", name)
                 except (pykka.ActorDeadError, pykka.Timeout):
                     logger.warning("actor {} did not stop cleanly", name)
         if self.paper is not None:
@@ -331,9 +354,6 @@ class System:
     def inject(self, actor: str, message) -> None:
         """Tell any actor any message (e.g. a BrokerOrderReport to the watcher)."""
         self.registry.tell(actor, message)
-
-    def inject_broker_report(self, report: BrokerOrderReport) -> None:
-        self.registry.tell("watcher", report)
 
     def order(self, command_id: str) -> dict | None:
         return queries.get_order(command_id)

@@ -1,8 +1,8 @@
 """Shared fixtures: a real paper exchange on loopback and the whole service started in-process against it.
 
 `make_system(exchange=None, data_dir=None, clock=None, **sections)` builds a Config from nested dicts (section -> keys), points the broker at the
-test's paper exchange (mode "shoonya", `risk.enforce_trading_hours = false` unless given) and a fresh data_dir under tmp_path, starts a System (with `clock`, a UTC-aware datetime factory for the risk engine, when given), and stops it at
-teardown.
+test's paper exchange (mode "shoonya", `risk.enforce_trading_hours = false` unless given) and a fresh data_dir under tmp_path, starts a System (with `clock`, a UTC-aware datetime factory for the risk engine, when given, and `registry`, e.g.
+tests/faults.py's FaultyRegistry for tests that inject faults), and stops it at teardown.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def make_system(tmp_path, paper):
     systems: list[System] = []
     counter = itertools.count()
 
-    def make(exchange: PaperExchange | None = None, data_dir=None, clock=None, **sections) -> System:
+    def make(exchange: PaperExchange | None = None, data_dir=None, clock=None, registry=None, **sections) -> System:
         exchange = exchange or paper
         raw = {
             "service": {"data_dir": str(data_dir or tmp_path / f"data{next(counter)}"), "port": 0,
@@ -79,7 +79,8 @@ def make_system(tmp_path, paper):
         }
         for section, values in sections.items():
             raw.setdefault(section, {}).update(values)
-        system = System(config_from_dict(raw, environ={}), listen_port=0, log_to_stderr=False, clock=clock)
+        system = System(config_from_dict(raw, environ={}), listen_port=0, log_to_stderr=False, clock=clock,
+                        registry=registry)
         systems.append(system)
         return system.start()
 

@@ -166,8 +166,8 @@ def test_cancel_not_found_ends_broker_unknown_order_and_unblocks_the_strategy(ma
     assert again["status"] == "EXECUTED", again
 
     # Broker truth still wins if the order turns up filled after all.
-    system.inject_broker_report(BrokerOrderReport(remarks=cid, broker_order_id=bid, status="COMPLETE",
-                                                  filled_qty=65, avg_price=1.0, origin="inject"))
+    system.inject("watcher", BrokerOrderReport(remarks=cid, broker_order_id=bid, status="COMPLETE",
+                                               filled_qty=65, avg_price=1.0, origin="inject"))
     assert system.wait_for_status(cid, "EXECUTED")["filled_qty"] == 65
 
 

@@ -2,8 +2,8 @@
 
 The whole service runs in-process (real actors, a real SQLite file under tmp_path) against the real paper
 exchange on loopback; faults are switched on through the exchange's control routes or the registry's
-`inject_fault`. No mocks, no fixed sleeps: every wait is a condition with a deadline, and "nothing happens
-later" is checked after the watcher has demonstrably polled the exchange again.
+`inject_fault` (tests/faults.py's FaultyRegistry). No mocks, no fixed sleeps: every wait is a condition with a
+deadline, and "nothing happens later" is checked after the watcher has demonstrably polled the exchange again.
 
 Timing knobs: `request_timeout_s` 0.5 (a hung PlaceOrder is given up quickly), `lost_grace_s` 1.0 with 2
 look-ups, and where a test must be deterministic about which REST call meets a fault or where a fill
@@ -31,6 +31,7 @@ from storage.db import close_database, open_database
 from storage.models import ExternalOrder, Order
 from storage.transitions import is_allowed
 from tests.conftest import alert, paper_faults, paper_orders, set_ltp
+from tests.faults import FaultyRegistry
 from tests.symbols import NIFTY_CE, NIFTY_PE
 
 SYM = NIFTY_CE
@@ -57,12 +58,12 @@ def oms(make_system):
     """make_system with the periodic PositionBook read off unless a test turns it on: fewer background REST
     calls (the fault counters count every call) and no risk_state writes behind the tests' backs.
     Market protection off: its SearchScrip/GetQuotes before each PlaceOrder would meet the faults that these
-    tests aim at PlaceOrder (tests/test_market_protection.py covers it)."""
+    tests aim at PlaceOrder (tests/test_market_protection.py covers it). A FaultyRegistry: inject_fault."""
 
     def make(**kwargs):
         risk = {"pnl_poll_interval_s": NO_TICKS, **kwargs.pop("risk", {})}
         broker = {"market_protection": False, **kwargs.pop("broker", {})}
-        return make_system(risk=risk, broker=broker, **kwargs)
+        return make_system(risk=risk, broker=broker, registry=FaultyRegistry(), **kwargs)
 
     return make
 

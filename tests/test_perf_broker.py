@@ -24,7 +24,6 @@ from actors.broker import (
     Instrument,
     Protection,
     RateLimiter,
-    order_status,
     protected_limit,
     touchline_protection,
 )
@@ -32,6 +31,7 @@ from messages.noren import touch_fields
 from messages.orders import OrderSnapshot
 from runtime.noren.rest import NorenRestClient, SessionInfo
 from runtime.noren.ws import NorenWebSocket, Touch, TouchlineBook
+from storage.queries import order_status
 from tests.conftest import alert, paper_faults, paper_orders, set_ltp
 from tests.symbols import NIFTY_CE
 

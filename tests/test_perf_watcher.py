@@ -34,6 +34,7 @@ from storage import transitions as T
 from storage.db import close_database, open_database
 from storage.models import ExternalOrder, Order
 from tests.conftest import alert, paper_faults, set_ltp
+from tests.faults import FaultyRegistry
 from tests.symbols import NIFTY_CE, NIFTY_PE
 
 SYM = NIFTY_CE
@@ -362,7 +363,8 @@ def test_with_a_healthy_websocket_ticks_read_nothing_until_something_is_due(make
 
 
 def test_a_push_that_never_came_is_found_by_looking_the_quiet_order_up(make_system, paper):
-    system = make_system(broker={"poll_interval_s": 1.0})  # reconcile every 15 s; unheard orders after 2 s
+    # reconcile every 15 s; unheard orders after 2 s
+    system = make_system(broker={"poll_interval_s": 1.0}, registry=FaultyRegistry())
     system.wait_until(lambda: status(system)["ws"] == "connected", 10, "the WebSocket")
     system.wait_until(lambda: sum(status(system)["reads"].values()) >= 1, 10, "the start-up read")
     lost_pushes = []
@@ -438,7 +440,7 @@ def test_without_websocket_every_tick_reads_while_an_order_is_open(make_system, 
 
 
 def test_registry_drop_messages_loses_only_the_matching_messages(make_system, paper):
-    system = make_system(broker={"poll_interval_s": NO_TICKS})
+    system = make_system(broker={"poll_interval_s": NO_TICKS}, registry=FaultyRegistry())
     system.registry.drop_messages("notifier", lambda m: isinstance(m, Notify) and m.text == "lose me", times=5)
     system.inject("notifier", Notify(kind="test", text="lose me"))
     system.inject("notifier", Notify(kind="test", text="keep me"))

@@ -3,7 +3,8 @@
 A static check over every module of the service (actors/ messages/ storage/ runtime/): outside actors/store.py
 nothing may call a write method on those peewee models (Order.update(...), Alert.create(...), ...), save or
 delete a row object obtained from them, or carry raw SQL that writes those tables. The detector is tested on
-small sources first, so a detector that sees nothing cannot pass silently.
+small sources first, so a detector that sees nothing cannot pass silently. Reads go through storage/'s read
+functions: tests/test_layers.py checks that nothing outside storage/ (but this writer) imports the models at all.
 """
 
 from __future__ import annotations

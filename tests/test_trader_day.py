@@ -12,6 +12,7 @@ from NorenRestApiPy.NorenApi import NorenApi
 
 from storage.models import LedgerAdjustment
 from tests.conftest import alert, paper_orders, set_ltp
+from tests.faults import FaultyRegistry
 from tests.symbols import option
 
 CE = option("NIFTY", "C", 25700)
@@ -242,7 +243,7 @@ def test_one_legged_exit_mode_exits_the_legs_that_went_out(make_system, prices):
 def test_held_wings_survive_a_guard_restart(make_system, prices):
     """The guard dies on the buy-back's fill while the wing waits: the restarted guard finds the held wing (its
     `held:` event) and sells it once the buy-back has filled — never before, never twice."""
-    system = make_system()
+    system = make_system(registry=FaultyRegistry())
     hold(system, "S1", [leg(CE, "SELL"), leg(CE_WING, "BUY")])
     # The buy-back rests (a limit below the market) so that the wing is certainly held.
     answer = send(system, alert(execution_type="EXIT", legs=[leg(CE_WING, "SELL"),

@@ -3,54 +3,29 @@
 from __future__ import annotations
 
 from actors.watcher import LostTracker, PollFilter
-from messages.commands import BrokerOrderReport
-
-
-def report(bid="B1", remarks="oms1", status="OPEN", filled=0, avg=None) -> BrokerOrderReport:
-    return BrokerOrderReport(remarks=remarks, broker_order_id=bid, status=status, filled_qty=filled,
-                             avg_price=avg, origin="poll")
 
 
 # ---- PollFilter -------------------------------------------------------------------------------------
 
-def test_first_poll_forwards_everything():
+def test_a_remembered_row_is_unchanged_until_its_state_moves():
     f = PollFilter()
-    rows = [report("B1"), report("B2", "oms2")]
-    assert f.changed(rows) == rows
-
-
-def test_unchanged_rows_are_not_forwarded_again():
-    f = PollFilter()
-    f.changed([report("B1"), report("B2", "oms2")])
-    assert f.changed([report("B1"), report("B2", "oms2")]) == []
-
-
-def test_a_change_of_status_fills_or_price_is_forwarded():
-    f = PollFilter()
-    f.changed([report("B1"), report("B2", "oms2"), report("B3", "oms3", filled=10, avg=1.0)])
-    new = [report("B1", status="COMPLETE"), report("B2", "oms2", filled=5), report("B3", "oms3", filled=10, avg=2.0)]
-    assert f.changed(new) == new
-
-
-def test_only_the_changed_row_is_forwarded():
-    f = PollFilter()
-    f.changed([report("B1"), report("B2", "oms2")])
-    out = f.changed([report("B1"), report("B2", "oms2", status="COMPLETE", filled=65)])
-    assert [r.broker_order_id for r in out] == ["B2"]
+    key = PollFilter.key("B1", "oms1")
+    assert not f.unchanged(key, ("OPEN", 0, None))
+    f.remember(key, ("OPEN", 0, None))
+    assert f.unchanged(key, ("OPEN", 0, None))
+    assert not f.unchanged(key, ("OPEN", 5, 1.0))
 
 
 def test_rows_without_broker_id_are_keyed_by_remarks():
-    f = PollFilter()
-    assert len(f.changed([report(None, "oms1"), report(None, "oms2")])) == 2
-    assert f.changed([report(None, "oms1"), report(None, "oms2")]) == []
+    assert PollFilter.key(None, "oms1") != PollFilter.key(None, "oms2")
 
 
-def test_forget_forwards_everything_again():
+def test_forget_compares_everything_again():
     f = PollFilter()
-    rows = [report("B1"), report("B2", "oms2")]
-    f.changed(rows)
+    key = PollFilter.key("B1", "oms1")
+    f.remember(key, ("OPEN", 0, None))
     f.forget()
-    assert f.changed(rows) == rows
+    assert not f.unchanged(key, ("OPEN", 0, None))
 
 
 # ---- LostTracker ------------------------------------------------------------------------------------
