@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from messages.base import Frozen
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class OrderFields(_Frozen):
+class OrderFields(Frozen):
     """What an order is, as the trader's intent: common to a leg being registered and a row read back."""
 
     command_id: str
@@ -58,7 +54,7 @@ class OrderSnapshot(OrderFields):
         return self.filled_qty if self.side == "BUY" else -self.filled_qty
 
 
-class OrderChanged(_Frozen):
+class OrderChanged(Frozen):
     """Published by StoreActor after every committed change of an order.
 
     from_status == to_status when only fields changed (e.g. broker_order_id stored).
