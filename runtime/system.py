@@ -248,7 +248,8 @@ class System:
         """Until the watcher has heard that the WebSocket is connected (or refused), at most timeout_s."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.registry.ask("watcher", GetWatcherStatus(), timeout=RECOVER_TIMEOUT_S)["ws"] in ("connected", "auth_failed"):
+            status = self.registry.ask("watcher", GetWatcherStatus(), timeout=RECOVER_TIMEOUT_S)
+            if status["ws"] in ("connected", "auth_failed"):
                 return
             time.sleep(0.01)
         logger.info("WebSocket not connected after {:.1f} s; reconciling with the OrderBook without it", timeout_s)

@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import ast
+import socket
 import threading
 from pathlib import Path
 
 import pytest
 from loguru import logger
 
-from actors.base import SupervisedActor, UnknownMessage
+from actors.base import UnknownMessage
 from actors.broker import BrokerActor
 from actors.guard import GuardActor
 from actors.ingress import IngressActor, OperatorIngressActor
@@ -26,11 +27,15 @@ from actors.risk import RiskActor
 from actors.store import StoreActor
 from actors.watcher import WatcherActor
 from messages.base import Frozen
+from messages.broker import IsLoggedIn
 from messages.control import GetLedger, GetNotifierStats, GetPort
 from messages.risk import GetState
 from messages.store import Sync
-from messages.broker import IsLoggedIn
 from messages.watcher import GetWatcherStatus
+from runtime.config import PaperConfig, config_from_dict
+from runtime.paper import PaperExchange
+from runtime.system import System
+from tests.conftest import SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("actors", "runtime", "tests")
@@ -112,11 +117,6 @@ KNOWN = {"store": Sync(), "risk": GetState(), "guard": GetLedger(), "broker": Is
 def service(tmp_path_factory):
     """One service (with the operator surface on its own listener, so both ingress actors run) for every
     actor's case."""
-    from runtime.config import PaperConfig, config_from_dict
-    from runtime.paper import PaperExchange
-    from runtime.system import System
-    from tests.conftest import SECRET
-
     exchange = PaperExchange(PaperConfig(port=0, fill_delay_ms=10, enforce_lot_tick=False))
     exchange.start()
     raw = {"service": {"data_dir": str(tmp_path_factory.mktemp("protocol") / "data"), "port": 0,
@@ -135,8 +135,6 @@ def service(tmp_path_factory):
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -157,7 +155,3 @@ def test_an_unknown_message_is_an_error(service, errors, name):
     assert any("unknown message Bogus (told)" in e and f"({name})" in e for e in errors), errors
     assert registry.get(name) is ref and ref.is_alive(), "an unknown tell must not kill the actor"
     assert service.supervisor.restarts == 0
-
-
-def test_the_base_refuses_what_no_table_names():
-    assert SupervisedActor.HANDLERS == {}
