@@ -30,7 +30,7 @@ from messages.commands import BrokerOrderReport, Notify, RegisterAlert, Tick, Tr
 from messages.noren import OrderBookEntry, PlaceOrderRequest
 from messages.orders import NewOrder
 from messages.store import Sync
-from messages.watcher import GetWatcherStatus, LookUp
+from messages.watcher import GetWatcherStatus, LookUp, WsStateChanged
 from runtime.noren.rest import NorenRestClient
 from storage import transitions as T
 from storage.db import close_database, open_database
@@ -453,6 +453,6 @@ def test_a_connection_announced_after_the_start_up_read_is_read_again(make_syste
     read and the subscription). Without a socket of its own, the service is told what the broker would say."""
     system = make_system(broker={"use_websocket": False, "poll_interval_s": NO_TICKS})
     assert status(system)["reads"] == {"start-up": 1}
-    system.inject("watcher", "ws:connected")
+    system.inject("watcher", WsStateChanged(state="connected"))
     assert status(system)["reads"] == {"start-up": 1, "reconnect": 1}
     assert ticks(system, 3)["reads"] == {"start-up": 1, "reconnect": 1}  # connected, and nothing is due

@@ -1,6 +1,6 @@
 """The typed protocol between actors (issue 12 point 1).
 
-- No bare-string messages: every `.tell(` / `.ask(` / `.ask_future(` in actors/, runtime/ and tests/ passes a
+- No bare-string messages: every `.tell(` / `.ask(` / `.ask_future(` / `.inject(` in actors/, runtime/ and tests/ passes a
   message object, never a string literal or an f-string (scanned with `ast`, so grep-like tools can follow
   every message to its handler).
 - Every actor declares its protocol in one HANDLERS table of frozen message types defined in messages/.
@@ -39,7 +39,7 @@ from tests.conftest import SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("actors", "runtime", "tests")
-SENDS = {"tell", "ask", "ask_future"}
+SENDS = {"tell", "ask", "ask_future", "inject"}  # System.inject tells an actor (tests)
 ACTORS = (BrokerActor, GuardActor, IngressActor, OperatorIngressActor, NotifierActor, RiskActor, StoreActor,
           WatcherActor)
 
@@ -64,8 +64,9 @@ def string_messages(source: str, filename: str = "<src>") -> list[str]:
 
 def test_the_scan_finds_string_messages():
     bad = ('registry.tell("watcher", "lookup")\nregistry.ask("broker", f"ws:{s}", timeout=5)\n'
-           'self.actor_ref.tell("flatten_round")\nregistry.ask_future("store", message="sync")\n')
-    assert len(string_messages(bad)) == 4
+           'self.actor_ref.tell("flatten_round")\nregistry.ask_future("store", message="sync")\n'
+           'system.inject("watcher", "ws:connected")\n')
+    assert len(string_messages(bad)) == 5
     good = 'registry.tell("watcher", LookUp())\nself.actor_ref.tell(FlattenRound())\nfile.tell()\n'
     assert string_messages(good) == []
 
