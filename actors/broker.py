@@ -48,8 +48,18 @@ from messages.commands import (
     TransitionResult,
 )
 from messages.commands import BrokerOrderNotFound  # cancel: `Order not found` (BROKER_UNKNOWN_ORDER)
+from messages.broker import (
+    GetFreezeTable,
+    GetReader,
+    GetSession,
+    IsLoggedIn,
+    IsWsConnected,
+    Relogin,
+    ReloginDue,
+)
 from messages.noren import PlaceOrderRequest
 from messages.orders import OrderSnapshot
+from messages.watcher import LookUp, WsStateChanged
 from runtime.noren.errors import (
     BrokerError,
     BrokerRejected,
@@ -275,6 +285,18 @@ def broker_reason(emsg: str) -> str:
 
 class BrokerActor(SupervisedActor):
     registry_name = "broker"
+    HANDLERS = {
+        SendLegs: "send_legs",
+        CancelOrder: "cancel",
+        InstrumentQuery: "instrument_info",
+        GetFreezeTable: "_on_freeze_table",
+        GetReader: "_on_reader",
+        Relogin: "_on_relogin",
+        ReloginDue: "_on_relogin_due",
+        GetSession: "_on_session",
+        IsLoggedIn: "_on_logged_in",
+        IsWsConnected: "_on_ws_connected",
+    }
 
     def __init__(self, registry, config, *, client: NorenRestClient, ws_url: str, gate: SessionGate | None = None,
                  startup: bool = False):
@@ -376,7 +398,7 @@ class BrokerActor(SupervisedActor):
     def _schedule_retry(self, delay: float) -> None:
         self._cancel_retry()
         registry = self.registry
-        self._retry = threading.Timer(delay, lambda: registry.tell("broker", "relogin_due"))
+        self._retry = threading.Timer(delay, lambda: registry.tell("broker", ReloginDue()))
         self._retry.daemon = True
         self._retry.start()
 
@@ -421,7 +443,7 @@ class BrokerActor(SupervisedActor):
 
         def on_state(state: str) -> None:
             gate.set_websocket(state)  # for /health
-            registry.tell("watcher", f"ws:{state}")
+            registry.tell("watcher", WsStateChanged(state=state))
 
         self.ws = NorenWebSocket(self.ws_url, lambda: self.client.session, auth=self.config.broker.auth,
                                  on_order=on_order, on_state=on_state)
@@ -434,30 +456,27 @@ class BrokerActor(SupervisedActor):
 
     # ---- messages -------------------------------------------------------------------------------
 
-    def handle(self, message):
-        if isinstance(message, SendLegs):
-            self.send_legs(message)
-            return None
-        if isinstance(message, CancelOrder):
-            return self.cancel(message)
-        if isinstance(message, InstrumentQuery):
-            return self.instrument_info(message)
-        if message == "freeze_table":
-            return dict(self.freeze)
-        if message == "reader":
-            return self.client.fork()
-        if message == "relogin":  # a reader saw Session Expired
-            self.logged_in = False
-            return self.login()
-        if message == "relogin_due":  # the scheduled retry after a refused login
-            return self.logged_in or self.login()
-        if message == "session":
-            return self.gate.snapshot()
-        if message == "logged_in":
-            return self.logged_in
-        if message == "ws_connected":  # asked by a restarted watcher, which missed the socket's last state
-            return self.ws is not None and self.ws.connected.is_set()
-        return None
+    def _on_freeze_table(self, message: GetFreezeTable) -> dict[str, int]:
+        return dict(self.freeze)
+
+    def _on_reader(self, message: GetReader) -> NorenRestClient:
+        return self.client.fork()
+
+    def _on_relogin(self, message: Relogin) -> bool:  # a reader saw Session Expired
+        self.logged_in = False
+        return self.login()
+
+    def _on_relogin_due(self, message: ReloginDue) -> bool:  # the scheduled retry after a refused login
+        return self.logged_in or self.login()
+
+    def _on_session(self, message: GetSession) -> dict:
+        return self.gate.snapshot()
+
+    def _on_logged_in(self, message: IsLoggedIn) -> bool:
+        return self.logged_in
+
+    def _on_ws_connected(self, message: IsWsConnected) -> bool:  # a restarted watcher missed the socket's state
+        return self.ws is not None and self.ws.connected.is_set()
 
     def cancel(self, message: CancelOrder) -> bool:
         """Ask the broker to cancel one of our orders; the outcome comes back as a broker report."""
@@ -475,7 +494,7 @@ class BrokerActor(SupervisedActor):
                 self.client.cancel_order(row["broker_order_id"])
                 logger.info("cancel requested for {} ({}): {}", row["command_id"], row["broker_order_id"],
                             message.reason)
-                self.registry.tell("watcher", "lookup")  # pick the cancellation up without waiting for a poll
+                self.registry.tell("watcher", LookUp())  # pick the cancellation up without waiting for a poll
                 return True
             except SessionExpired:
                 self.logged_in = False
@@ -749,7 +768,7 @@ class BrokerActor(SupervisedActor):
                 # Never resend: the order may exist at the broker. The watcher finds it by remarks.
                 logger.warning("PlaceOrder {} outcome unknown ({}); the watcher will resolve it", order.command_id,
                                exc)
-                self.registry.tell("watcher", "lookup")
+                self.registry.tell("watcher", LookUp())
                 return True
             self.registry.tell("store", SetBrokerOrderId(command_id=order.command_id, broker_order_id=norenordno))
             return True

@@ -63,7 +63,10 @@ from messages.commands import (
     TransitionResult,
     WriteOffPosition,
 )
+from messages.broker import GetFreezeTable, GetReader
+from messages.control import GetLedger
 from messages.orders import NewOrder, OrderChanged, OrderSnapshot, new_command_id
+from messages.store import Sync
 from storage import queries
 from storage import transitions as T
 
@@ -83,6 +86,12 @@ class HeldWings:
 
 class GuardActor(SupervisedActor):
     registry_name = "guard"
+    HANDLERS = {
+        RiskCleared: "_on_risk_cleared",
+        OrderChanged: "_on_order_changed",
+        PositionsSnapshot: "_on_positions",
+        GetLedger: "_on_ledger",
+    }
 
     def __init__(self, registry, config=None, *, startup: bool = False):
         super().__init__(registry)
@@ -110,30 +119,27 @@ class GuardActor(SupervisedActor):
         for group, legs in _by_group(held).items():
             self._check_exits(legs)
 
-    def handle(self, message):
-        if isinstance(message, RiskCleared):
-            for legs in _by_group(message.orders).values():
-                self._check_alert(legs)
-            return None
-        if isinstance(message, OrderChanged):
-            self.book.on_change(message)
-            if self.broker is not None:
-                self.broker.apply_fill(message.order, message.fill_delta)
-            if message.to_status not in T.NON_TERMINAL:
-                self._release_wings(message.order)
-                if alert_group(message.order) in self.undoing:
-                    self._undo(alert_group(message.order))
-            if message.to_status == T.FAILED and message.from_status != T.FAILED:
-                self._watch_one_legged(message.order)
-            return None
-        if isinstance(message, PositionsSnapshot):
-            self._check_against_broker(message.rows)
-            return None
-        if message == "ledger":
-            return {"positions": {"|".join(k): v for k, v in self.book.positions.items()},
-                    "in_flight": sorted(self.book.in_flight)}
-        logger.error("GuardActor: unexpected message {!r}", type(message).__name__)
-        return None
+    def _on_risk_cleared(self, message: RiskCleared) -> None:
+        for legs in _by_group(message.orders).values():
+            self._check_alert(legs)
+
+    def _on_order_changed(self, message: OrderChanged) -> None:
+        self.book.on_change(message)
+        if self.broker is not None:
+            self.broker.apply_fill(message.order, message.fill_delta)
+        if message.to_status not in T.NON_TERMINAL:
+            self._release_wings(message.order)
+            if alert_group(message.order) in self.undoing:
+                self._undo(alert_group(message.order))
+        if message.to_status == T.FAILED and message.from_status != T.FAILED:
+            self._watch_one_legged(message.order)
+
+    def _on_positions(self, message: PositionsSnapshot) -> None:
+        self._check_against_broker(message.rows)
+
+    def _on_ledger(self, message: GetLedger) -> dict:
+        return {"positions": {"|".join(k): v for k, v in self.book.positions.items()},
+                "in_flight": sorted(self.book.in_flight)}
 
     # ---- the broker's truth ---------------------------------------------------------------------
 
@@ -145,7 +151,7 @@ class GuardActor(SupervisedActor):
         started = time.monotonic()
         try:
             if self.reader is None:
-                self.reader = self.registry.ask("broker", "reader", timeout=5)
+                self.reader = self.registry.ask("broker", GetReader(), timeout=5)
             rows = [r.model_dump() for r in self.reader.position_book()]
         except Exception as exc:  # noqa: BLE001 - an exit is never blocked by a failing read
             logger.warning("guard: PositionBook unreadable ({}); exits are sized by our own ledger", exc)
@@ -364,7 +370,7 @@ class GuardActor(SupervisedActor):
     def _freeze_table(self) -> dict[str, int]:
         if self.freeze is None:
             try:
-                self.freeze = self.registry.ask("broker", "freeze_table", timeout=5)
+                self.freeze = self.registry.ask("broker", GetFreezeTable(), timeout=5)
             except Exception as exc:  # noqa: BLE001 - the built-in table until the broker answers
                 logger.warning("guard: no freeze table from the broker ({!r}); using the built-in one", exc)
                 return freeze_table()
@@ -416,7 +422,7 @@ class GuardActor(SupervisedActor):
 
     def _resume_split(self, command_id: str) -> tuple[OrderSnapshot, ...]:
         try:
-            self.registry.ask("store", "sync", timeout=30)  # every earlier write applied
+            self.registry.ask("store", Sync(), timeout=30)  # every earlier write applied
         except Exception as exc:  # noqa: BLE001
             logger.error("store not answering ({!r}); {} left for restart recovery", exc, command_id)
             return ()

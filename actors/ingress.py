@@ -40,6 +40,7 @@ from messages.commands import (
     RegisterAlert,
     RegisterResult,
 )
+from messages.control import Accept, GetPort, Refuse
 from messages.orders import EXCHANGES, NewOrder, new_command_id
 from storage import queries
 
@@ -922,6 +923,11 @@ class IngressActor(SupervisedActor):
     process supervisor restarts a service that could no longer hear alerts."""
 
     registry_name = "ingress"
+    HANDLERS = {
+        GetPort: "_on_port",
+        Accept: "_on_accept",
+        Refuse: "_on_refuse",
+    }
 
     def __init__(self, registry, config, *, app: IngressApp | None = None, port: int | None = None,
                  server=None, on_death: Callable[[str], None] | None = None, host: str | None = None):
@@ -977,17 +983,17 @@ class IngressActor(SupervisedActor):
         else:
             logger.critical("webhook listener on port {} stopped: {}", self.port, reason)
 
-    def handle(self, message):
-        if message == "port":
-            return self.port
-        if message == "accept":
-            self.app.ready.set()
-            self.app.accepting.set()
-            return True
-        if message == "refuse":
-            self.app.accepting.clear()
-            return True
-        return None
+    def _on_port(self, message: GetPort) -> int:
+        return self.port
+
+    def _on_accept(self, message: Accept) -> bool:
+        self.app.ready.set()
+        self.app.accepting.set()
+        return True
+
+    def _on_refuse(self, message: Refuse) -> bool:
+        self.app.accepting.clear()
+        return True
 
     def on_stop(self):
         self._closing.set()

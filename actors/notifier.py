@@ -22,6 +22,7 @@ from loguru import logger
 from actors.base import SupervisedActor
 
 from messages.commands import Notify, Tick
+from messages.control import GetNotifierStats
 from messages.orders import OrderChanged
 from actors.ticker import Ticker
 
@@ -116,6 +117,12 @@ class Outbox:
 
 class NotifierActor(SupervisedActor):
     registry_name = "notifier"
+    HANDLERS = {
+        OrderChanged: "_on_order_changed",
+        Notify: "_enqueue",
+        Tick: "_on_tick",
+        GetNotifierStats: "_on_stats",
+    }
 
     def __init__(self, registry, config):
         super().__init__(registry)
@@ -134,21 +141,16 @@ class NotifierActor(SupervisedActor):
             self.ticker.stop()
         self._flush(final=True)
 
-    def handle(self, message):
-        if isinstance(message, OrderChanged):
-            note = describe_change(message)
-            if note:
-                self._enqueue(note)
-            return None
-        if isinstance(message, Notify):
-            self._enqueue(message)
-            return None
-        if isinstance(message, Tick):
-            self._flush()
-            return None
-        if message == "stats":
-            return dict(self.stats, pending=len(self.outbox.queue), recent=list(self.sent[-200:]))
-        return None
+    def _on_order_changed(self, message: OrderChanged) -> None:
+        note = describe_change(message)
+        if note:
+            self._enqueue(note)
+
+    def _on_tick(self, message: Tick) -> None:
+        self._flush()
+
+    def _on_stats(self, message: GetNotifierStats) -> dict:
+        return dict(self.stats, pending=len(self.outbox.queue), recent=list(self.sent[-200:]))
 
     def _enqueue(self, note: Notify) -> None:
         self.sent.append({"kind": note.kind, "text": note.text, "command_id": note.command_id})

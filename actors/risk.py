@@ -43,6 +43,7 @@ from actors.risk_rules import (
     reference_price,
     trading_day,
 )
+from messages.broker import GetReader, Relogin
 from messages.commands import (
     CancelOrder,
     GetState,
@@ -61,6 +62,7 @@ from messages.risk import (
     CancelIntent,
     ExitIntent,
     Flatten,
+    FlattenRound,
     GetLastPrices,
     LastPrice,
     LastPrices,
@@ -104,6 +106,19 @@ def last_prices(rows, at: str | None = None) -> LastPrices:
 
 class RiskActor(SupervisedActor):
     registry_name = "risk"
+    HANDLERS = {
+        OrdersRegistered: "_on_orders_registered",
+        PositionsSnapshot: "_on_positions_snapshot",
+        Halt: "_on_halt",
+        Reduce: "_on_reduce",
+        Resume: "_on_resume",
+        Flatten: "_on_flatten",
+        StopFlatten: "_on_stop_flatten",
+        GetState: "_on_get_state",
+        GetPnlSeries: "_on_pnl_series",
+        GetLastPrices: "_on_last_prices",
+        FlattenRound: "_on_flatten_round",
+    }
 
     def __init__(self, registry, config, *, clock=None):
         super().__init__(registry)
@@ -187,47 +202,57 @@ class RiskActor(SupervisedActor):
 
     # ---- messages -------------------------------------------------------------------------------
 
-    def handle(self, message):
+    def _on_orders_registered(self, message: OrdersRegistered) -> None:
+        self._check(message.orders, self.clock())
+
+    def _on_positions_snapshot(self, message: PositionsSnapshot) -> None:
+        self._on_positions(message, self.clock())
+
+    def _on_halt(self, message: Halt) -> dict:
         now = self.clock()
-        if isinstance(message, OrdersRegistered):
-            self._check(message.orders, now)
-            return None
-        if isinstance(message, PositionsSnapshot):
-            self._on_positions(message, now)
-            return None
-        if isinstance(message, Halt):
-            reason = KILL_SWITCH if message.reason == "MANUAL" else message.reason
-            self._after([e for e in [self.core.halt(now, reason)] if e], now)
-            return self.view(now)
-        if isinstance(message, Reduce):
-            self._after([e for e in [self.core.reduce(now)] if e], now)
-            return self.view(now)
-        if isinstance(message, Resume):
-            self._after([e for e in [self.core.resume(now)] if e], now)
-            self._ended(self.core.stop_jobs(manual_only=True), "resume")  # a breach's flatten goes on
-            view = self.view(now)
-            if view["state"] != ACTIVE:
-                self._notify(f"Resume: mode ACTIVE, but entries stay blocked: {view['reason']}")
-            return view
-        if isinstance(message, Flatten):
-            return self._flatten_request(message, now)
-        if isinstance(message, StopFlatten):
-            ended = self.core.stop_jobs()
-            self._ended(ended, "the operator (flatten stop)")
-            view = self.view(now)
-            view["flatten_stopped"] = [j.as_dict() for j in ended]
-            return view
-        if isinstance(message, GetState):
-            return self.view(now)
-        if isinstance(message, GetPnlSeries):
-            return self.series.as_dict()
-        if isinstance(message, GetLastPrices):
-            return last_prices(self.rows, _iso(self.rows_at) if self.rows_at else None)
-        if message == "flatten_round":  # a round on a fresh PositionBook, without waiting for the next poll
-            rows = self._read_positions()
-            self._run_jobs(rows if rows is not None else self.rows, now, counts_as_read=False)
-            self._persist()
-        return None
+        reason = KILL_SWITCH if message.reason == "MANUAL" else message.reason
+        self._after([e for e in [self.core.halt(now, reason)] if e], now)
+        return self.view(now)
+
+    def _on_reduce(self, message: Reduce) -> dict:
+        now = self.clock()
+        self._after([e for e in [self.core.reduce(now)] if e], now)
+        return self.view(now)
+
+    def _on_resume(self, message: Resume) -> dict:
+        now = self.clock()
+        self._after([e for e in [self.core.resume(now)] if e], now)
+        self._ended(self.core.stop_jobs(manual_only=True), "resume")  # a breach's flatten goes on
+        view = self.view(now)
+        if view["state"] != ACTIVE:
+            self._notify(f"Resume: mode ACTIVE, but entries stay blocked: {view['reason']}")
+        return view
+
+    def _on_flatten(self, message: Flatten) -> dict:
+        return self._flatten_request(message, self.clock())
+
+    def _on_stop_flatten(self, message: StopFlatten) -> dict:
+        ended = self.core.stop_jobs()
+        self._ended(ended, "the operator (flatten stop)")
+        view = self.view(self.clock())
+        view["flatten_stopped"] = [j.as_dict() for j in ended]
+        return view
+
+    def _on_get_state(self, message: GetState) -> dict:
+        return self.view(self.clock())
+
+    def _on_pnl_series(self, message: GetPnlSeries) -> dict:
+        return self.series.as_dict()
+
+    def _on_last_prices(self, message: GetLastPrices) -> LastPrices:
+        return last_prices(self.rows, _iso(self.rows_at) if self.rows_at else None)
+
+    def _on_flatten_round(self, message: FlattenRound) -> None:
+        """A round on a fresh PositionBook, without waiting for the next poll."""
+        now = self.clock()
+        rows = self._read_positions()
+        self._run_jobs(rows if rows is not None else self.rows, now, counts_as_read=False)
+        self._persist()
 
     def view(self, now: datetime) -> dict:
         view = self.core.view(now)
@@ -310,7 +335,7 @@ class RiskActor(SupervisedActor):
         """A forked NorenRestClient sharing BrokerActor's session (as the watcher has)."""
         if self.reader is None:
             try:
-                self.reader = self.registry.ask("broker", "reader", timeout=5)
+                self.reader = self.registry.ask("broker", GetReader(), timeout=5)
             except Exception as exc:  # noqa: BLE001 - no reader: fall back to what is known
                 logger.warning("risk: no broker reader ({!r})", exc)
         return self.reader
@@ -318,7 +343,7 @@ class RiskActor(SupervisedActor):
     def _broker_failed(self, what: str, exc: Exception) -> None:
         if isinstance(exc, SessionExpired):
             logger.warning("risk: session expired during {}; asking for a new login", what)
-            self.registry.tell("broker", "relogin")
+            self.registry.tell("broker", Relogin())
             self.reader = None  # fork again: the broker may have been restarted with a new client
         else:
             logger.warning("risk: {} failed: {}", what, exc)
@@ -403,7 +428,7 @@ class RiskActor(SupervisedActor):
         if message.strategy is None and message.exchange is None:
             self._after([e for e in [self.core.reduce(now)] if e], now)  # nothing may refill the account
         started = self._start_flatten(job, now)
-        self.actor_ref.tell("flatten_round")  # after answering: cancels and exits may take a few REST calls
+        self.actor_ref.tell(FlattenRound())  # after answering: cancels and exits may take a few REST calls
         view = self.view(now)
         view["flatten_started"] = started
         return view

@@ -40,6 +40,7 @@ from messages.commands import (
     WriteOffPosition,
 )
 from messages.orders import OrderChanged, OrderSnapshot, new_command_id
+from messages.store import Sync
 from storage import transitions as T
 from storage.models import Alert, ExternalOrder, LedgerAdjustment, Order, OrderEvent, SeenSignature, utc_now
 
@@ -490,6 +491,22 @@ class StoreActor(SupervisedActor):
     earlier run (AnnounceLegs), the CREATED legs are announced to `pipeline` (RiskActor, the first blocker)."""
 
     registry_name = "store"
+    HANDLERS = {
+        Sync: "_on_sync",
+        RegisterAlert: "_on_register",
+        AnnounceLegs: "_on_announce",
+        FlushBrokerStatuses: "_on_flush_broker_statuses",
+        TransitionOrder: "_on_transition",
+        BrokerOrderReport: "_on_report",
+        SetBrokerOrderId: "_on_set_broker_order_id",
+        AmendExitLeg: "_on_amend_exit_leg",
+        NoteOrder: "_on_note_order",
+        ClaimSignature: "_on_claim_signature",
+        WriteOffPosition: "_on_write_off",
+        SplitLeg: "_on_split",
+        RecordAlert: "_on_record_alert",
+        Subscribe: "_on_subscribe",
+    }
 
     def __init__(self, db, registry, subscribers: tuple[str, ...] = (), pipeline: str | None = "risk"):
         super().__init__(registry)
@@ -501,70 +518,74 @@ class StoreActor(SupervisedActor):
     def on_stop(self):
         self.store.flush_broker_statuses()
 
-    def handle(self, message):
-        if message == "sync":
-            self.store.flush_broker_statuses()
-            return True  # answered once every earlier message has been applied
-        if isinstance(message, RegisterAlert):
-            result, changes = self.store.register_alert(message)
-            self._log_alert(message, result)
-            self._publish(changes)
-            if not result.duplicate and message.announce:
-                self._announce(tuple(o for o in result.orders if o.status == T.CREATED))
-            return result
-        if isinstance(message, FlushBrokerStatuses):
-            self.flush_due = False
-            self.store.flush_broker_statuses()
-            return None
-        if isinstance(message, AnnounceLegs):
-            self._announce(message.orders)
-            return None
-        if isinstance(message, TransitionOrder):
-            result, changes = self.store.transition(message)
-            self._publish(changes)
-            return result
-        if isinstance(message, BrokerOrderReport):
-            result, changes = self.store.apply_broker_report(message)
-            self._publish(changes)
-            if self.store.pending_broker_status and not self.flush_due:
-                self.flush_due = True
-                self.actor_ref.tell(FlushBrokerStatuses())
-            if result.external:
-                self._external(message)
-            return result
-        if isinstance(message, SetBrokerOrderId):
-            self._publish(self.store.set_broker_order_id(message))
-            return None
-        if isinstance(message, AmendExitLeg):
-            return self.store.amend_exit_leg(message)
-        if isinstance(message, NoteOrder):
-            return self.store.note_order(message)
-        if isinstance(message, ClaimSignature):
-            return self.store.claim_signature(message)
-        if isinstance(message, WriteOffPosition):
-            self.store.write_off(message)
-            logger.bind(event="ledger_write_off", strategy=message.strategy_name, symbol=message.symbol,
-                        quantity=message.quantity).warning(
-                "ledger of {} {} {} {} written off {:+d}: {}", message.strategy_name, message.exchange,
-                message.symbol, message.product, message.quantity, message.reason)
-            return None
-        if isinstance(message, SplitLeg):
-            result, changes = self.store.split_leg(message)
-            self._publish(changes)
-            return result
-        if isinstance(message, RecordAlert):
-            self.store.record_alert(message)
-            logger.bind(event="alert", alert_id=message.alert_id, outcome=message.outcome,
-                        http_status=message.http_status, strategy=message.strategy_name, error=message.error,
-                        remote_addr=message.remote_addr).info(
-                "alert {} {} ({})", message.alert_id or "-", message.outcome, message.error or "")
-            return None
-        if isinstance(message, Subscribe):
-            if message.name not in self.subscribers:
-                self.subscribers.append(message.name)
-            return None
-        logger.error("StoreActor: unexpected message {!r}", type(message).__name__)
-        return None
+    def _on_sync(self, message: Sync) -> bool:
+        self.store.flush_broker_statuses()
+        return True  # answered once every earlier message has been applied
+
+    def _on_register(self, message: RegisterAlert) -> RegisterResult:
+        result, changes = self.store.register_alert(message)
+        self._log_alert(message, result)
+        self._publish(changes)
+        if not result.duplicate and message.announce:
+            self._announce(tuple(o for o in result.orders if o.status == T.CREATED))
+        return result
+
+    def _on_announce(self, message: AnnounceLegs) -> None:
+        self._announce(message.orders)
+
+    def _on_flush_broker_statuses(self, message: FlushBrokerStatuses) -> None:
+        self.flush_due = False
+        self.store.flush_broker_statuses()
+
+    def _on_transition(self, message: TransitionOrder) -> TransitionResult:
+        result, changes = self.store.transition(message)
+        self._publish(changes)
+        return result
+
+    def _on_report(self, message: BrokerOrderReport) -> ReportResult:
+        result, changes = self.store.apply_broker_report(message)
+        self._publish(changes)
+        if self.store.pending_broker_status and not self.flush_due:
+            self.flush_due = True
+            self.actor_ref.tell(FlushBrokerStatuses())
+        if result.external:
+            self._external(message)
+        return result
+
+    def _on_set_broker_order_id(self, message: SetBrokerOrderId) -> None:
+        self._publish(self.store.set_broker_order_id(message))
+
+    def _on_amend_exit_leg(self, message: AmendExitLeg) -> TransitionResult:
+        return self.store.amend_exit_leg(message)
+
+    def _on_note_order(self, message: NoteOrder) -> bool:
+        return self.store.note_order(message)
+
+    def _on_claim_signature(self, message: ClaimSignature) -> bool:
+        return self.store.claim_signature(message)
+
+    def _on_write_off(self, message: WriteOffPosition) -> None:
+        self.store.write_off(message)
+        logger.bind(event="ledger_write_off", strategy=message.strategy_name, symbol=message.symbol,
+                    quantity=message.quantity).warning(
+            "ledger of {} {} {} {} written off {:+d}: {}", message.strategy_name, message.exchange,
+            message.symbol, message.product, message.quantity, message.reason)
+
+    def _on_split(self, message: SplitLeg) -> SplitResult:
+        result, changes = self.store.split_leg(message)
+        self._publish(changes)
+        return result
+
+    def _on_record_alert(self, message: RecordAlert) -> None:
+        self.store.record_alert(message)
+        logger.bind(event="alert", alert_id=message.alert_id, outcome=message.outcome,
+                    http_status=message.http_status, strategy=message.strategy_name, error=message.error,
+                    remote_addr=message.remote_addr).info(
+            "alert {} {} ({})", message.alert_id or "-", message.outcome, message.error or "")
+
+    def _on_subscribe(self, message: Subscribe) -> None:
+        if message.name not in self.subscribers:
+            self.subscribers.append(message.name)
 
     def _announce(self, orders: tuple[OrderSnapshot, ...]) -> None:
         if orders and self.pipeline is not None:

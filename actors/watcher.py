@@ -31,7 +31,9 @@ from loguru import logger
 
 from actors.base import SupervisedActor
 
+from messages.broker import GetReader, IsWsConnected, Relogin
 from messages.commands import BrokerOrderNotFound, BrokerOrderReport, PositionsSnapshot, Tick, TransitionOrder
+from messages.watcher import GetWatcherStatus, LookUp, PollNow, WsStateChanged
 from messages.noren import TERMINAL_STATUSES
 from runtime.noren.errors import BrokerError, SessionExpired, says_order_unknown
 from actors.ticker import Ticker
@@ -367,6 +369,15 @@ def _epoch(iso: str) -> float:
 
 class WatcherActor(SupervisedActor):
     registry_name = "watcher"
+    HANDLERS = {
+        BrokerOrderReport: "_on_report",
+        BrokerOrderNotFound: "_on_not_found",
+        Tick: "_on_tick",
+        LookUp: "_on_lookup",
+        PollNow: "_on_poll_now",
+        WsStateChanged: "_on_ws_state",
+        GetWatcherStatus: "_on_status",
+    }
 
     def __init__(self, registry, config, startup: bool = False):
         super().__init__(registry)
@@ -396,12 +407,12 @@ class WatcherActor(SupervisedActor):
         self.by_broker_id: dict[str, str] = {}  # open orders: broker id -> command_id (pushes without remarks)
 
     def on_start(self):
-        self.reader = self.registry.ask("broker", "reader", timeout=10)
+        self.reader = self.registry.ask("broker", GetReader(), timeout=10)
         if not self.awaiting_startup_read:
             # Restarted by the supervisor: the socket may have connected long ago, and without knowing it this
             # watcher would read the whole book every tick. Its first tick reconciles (no read made yet).
             try:
-                if self.registry.ask("broker", "ws_connected", timeout=10):
+                if self.registry.ask("broker", IsWsConnected(), timeout=10):
                     self.ws_state, self.ws_up_since = "connected", time.monotonic()
             except Exception as exc:  # noqa: BLE001 - unknown: poll as if the socket were down (safe)
                 logger.warning("watcher: WebSocket state unknown after restart ({!r}); polling", exc)
@@ -418,67 +429,67 @@ class WatcherActor(SupervisedActor):
     def ws_healthy(self) -> bool:
         return self.ws_state == "connected"
 
-    def handle(self, message):
-        if isinstance(message, BrokerOrderReport):
-            if message.origin != "poll":
-                command_id = message.remarks or self.by_broker_id.get(message.broker_order_id or "")
-                if command_id:
-                    self.silence.heard(command_id, time.monotonic())
-            self.registry.tell("store", message)
-            return None
-        if isinstance(message, BrokerOrderNotFound):
-            self.suspect_unknown(message.command_id, message.broker_order_id,
-                                 f"{message.route}: {message.emsg or 'order not found'}")
-            return None
-        if isinstance(message, Tick):
-            if message.name == "poll":
-                self.poll_orders()
-            elif message.name == "positions":
-                self.poll_positions()
-            return None
-        if message == "lookup":  # the broker's: an unknown outcome, or a cancel just sent
-            if self.ws_healthy and self.last_read_started is not None \
-                    and time.monotonic() - self.last_read_started < self.config.broker.poll_interval_s:
-                self.read_wanted = True  # read again at the next tick: a burst (a flatten's cancels) is one read
+    def _on_report(self, message: BrokerOrderReport) -> None:
+        if message.origin != "poll":
+            command_id = message.remarks or self.by_broker_id.get(message.broker_order_id or "")
+            if command_id:
+                self.silence.heard(command_id, time.monotonic())
+        self.registry.tell("store", message)
+
+    def _on_not_found(self, message: BrokerOrderNotFound) -> None:
+        self.suspect_unknown(message.command_id, message.broker_order_id,
+                             f"{message.route}: {message.emsg or 'order not found'}")
+
+    def _on_tick(self, message: Tick) -> None:
+        if message.name == "poll":
+            self.poll_orders()
+        elif message.name == "positions":
+            self.poll_positions()
+
+    def _on_lookup(self, message: LookUp) -> bool:  # the broker's: an unknown outcome, or a cancel just sent
+        if self.ws_healthy and self.last_read_started is not None \
+                and time.monotonic() - self.last_read_started < self.config.broker.poll_interval_s:
+            self.read_wanted = True  # read again at the next tick: a burst (a flatten's cancels) is one read
+        else:
+            self.poll_orders(force=True)
+        return True
+
+    def _on_poll_now(self, message: PollNow) -> bool:
+        self.awaiting_startup_read = False
+        if self.ws_healthy and self.last_read_started is not None and self.last_read_started >= self.ws_up_since:
+            logger.debug("start-up read skipped: the book was read after the WebSocket connected")
+        else:
+            self.poll_orders(force=True, reason="start-up")
+        return True
+
+    def _on_ws_state(self, message: WsStateChanged) -> None:
+        self.ws_state = message.state
+        logger.info("broker WebSocket {}", self.ws_state)
+        if self.ws_state == "auth_failed":
+            self.registry.tell("broker", Relogin())  # the token was refused: a fresh login re-authenticates
+        if self.ws_state == "connected":
+            self.ws_up_since = time.monotonic()
+            if self.awaiting_startup_read:
+                logger.debug("WebSocket connected before the start-up read, which will cover it")
             else:
-                self.poll_orders(force=True)
-            return True
-        if message == "poll_now":
-            self.awaiting_startup_read = False
-            if self.ws_healthy and self.last_read_started is not None and self.last_read_started >= self.ws_up_since:
-                logger.debug("start-up read skipped: the book was read after the WebSocket connected")
-            else:
-                self.poll_orders(force=True, reason="start-up")
-            return True
-        if isinstance(message, str) and message.startswith("ws:"):
-            self.ws_state = message[3:]
-            logger.info("broker WebSocket {}", self.ws_state)
-            if self.ws_state == "auth_failed":
-                self.registry.tell("broker", "relogin")  # the token was refused: a fresh login re-authenticates
-            if self.ws_state == "connected":
-                self.ws_up_since = time.monotonic()
-                if self.awaiting_startup_read:
-                    logger.debug("WebSocket connected before the start-up read, which will cover it")
-                else:
-                    # Pushes may have been missed while it was down: read everything again, now that the
-                    # subscription is in place (whatever changes after this read is pushed).
-                    self.reconciler.filter.forget()
-                    self.poll_orders(force=True, reason="reconnect")
-            else:
-                self.ws_up_since = None
-            return None
-        if message == "status":
-            return {"ws": self.ws_state, "last_poll_ok": self.last_poll_ok, "reads": dict(self.reads),
-                    "forwarded": self.forwarded, "filter_size": len(self.reconciler.filter.seen),
-                    "unknown_suspects": sorted(self.unknown.suspects)}
-        return None
+                # Pushes may have been missed while it was down: read everything again, now that the
+                # subscription is in place (whatever changes after this read is pushed).
+                self.reconciler.filter.forget()
+                self.poll_orders(force=True, reason="reconnect")
+        else:
+            self.ws_up_since = None
+
+    def _on_status(self, message: GetWatcherStatus) -> dict:
+        return {"ws": self.ws_state, "last_poll_ok": self.last_poll_ok, "reads": dict(self.reads),
+                "forwarded": self.forwarded, "filter_size": len(self.reconciler.filter.seen),
+                "unknown_suspects": sorted(self.unknown.suspects)}
 
     def _read(self, call):
         try:
             return call()
         except SessionExpired:
             logger.warning("broker session expired (seen by the watcher); asking for a new login")
-            self.registry.tell("broker", "relogin")
+            self.registry.tell("broker", Relogin())
         except BrokerError as exc:
             logger.warning("broker read failed: {}", exc)
         return None
@@ -546,7 +557,7 @@ class WatcherActor(SupervisedActor):
             history = self.reader.single_order_history(broker_order_id)
         except SessionExpired:
             logger.warning("broker session expired (seen by the watcher); asking for a new login")
-            self.registry.tell("broker", "relogin")
+            self.registry.tell("broker", Relogin())
             return "failed", None
         except BrokerError as exc:
             if says_order_unknown(exc):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from messages.base import Frozen
 
 ORDER_TYPE_ALIASES = {
     "MARKET": "MARKET", "MKT": "MARKET",
@@ -53,8 +55,9 @@ _to_direction = _alias(DIRECTION_ALIASES, "direction")
 _to_execution = _alias(EXECUTION_ALIASES, "execution_type")
 
 
-class _Frozen(BaseModel):
-    # NaN and infinities are not prices or quantities (Python's json accepts them).
+class _Frozen(Frozen):
+    # The webhook's shape: unknown keys ignored, text stripped. NaN and infinities are not prices or
+    # quantities (Python's json accepts them).
     model_config = ConfigDict(frozen=True, extra="ignore", str_strip_whitespace=True, allow_inf_nan=False)
 
 

@@ -15,12 +15,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AliasChoices,
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     model_validator,
 )
+
+from messages.base import Frozen
+
 
 # ---------------------------------------------------------------------------------------------------
 # Tolerant scalar parsing
@@ -114,7 +116,7 @@ Status = Annotated[str | None, BeforeValidator(normalize_status)]
 TERMINAL_STATUSES = frozenset({"COMPLETE", "REJECTED", "CANCELED", "EXPIRED"})
 
 
-class NorenModel(BaseModel):
+class NorenModel(Frozen):
     """Base of every reply/push: frozen, tolerant, unknown fields kept."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
@@ -178,7 +180,7 @@ PriceType = Literal["LMT", "MKT", "SL-LMT", "SL-MKT"]
 Retention = Literal["DAY", "EOS", "IOC"]
 
 
-class PlaceOrderRequest(BaseModel):
+class PlaceOrderRequest(Frozen):
     """What we ask PlaceOrder for, in wire values (prd C/M/I, trantype B/S, prctyp LMT/MKT/SL-LMT/SL-MKT)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from pydantic import BaseModel, ConfigDict
+from messages.base import Frozen
 
 # The exchanges an order may go to (NorenOMS exch codes).
 EXCHANGES = frozenset({"NSE", "NFO", "BSE", "BFO", "MCX", "CDS"})
@@ -15,11 +15,7 @@ def new_command_id() -> str:
     return "oms" + uuid.uuid4().hex[:17]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-
-class OrderFields(_Frozen):
+class OrderFields(Frozen):
     """What an order is, as the trader's intent: common to a leg being registered and a row read back."""
 
     command_id: str
@@ -64,7 +60,7 @@ class OrderSnapshot(OrderFields):
     updated_at: str
 
 
-class OrderChanged(_Frozen):
+class OrderChanged(Frozen):
     """Published by StoreActor after every committed change of an order.
 
     from_status == to_status when only fields changed (e.g. broker_order_id stored).

@@ -1,25 +1,36 @@
-"""RiskActor's own messages and the payloads of its pure core (actors/risk_rules.py).
-
-The kill switch (`Halt`), `Resume` and `GetState` live in messages/commands.py because the ingress sent them
-first; everything added with the full RiskActor is here.
-"""
+"""RiskActor's messages (the kill switch, resume, reduce, flatten, its state) and the payloads of its pure core
+(actors/risk_rules.py)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from messages.base import Frozen
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True)
+# ---- requests to RiskActor (POST /risk/halt|resume|reduce|flatten, GET /risk) ----------------------
+
+class Halt(Frozen):
+    """The kill switch: no new entries (answered with the risk view)."""
+
+    reason: str = "MANUAL"
 
 
-# ---- requests to RiskActor (POST /risk/reduce, POST /risk/flatten) --------------------------------
+class Resume(Frozen):
+    """Back to ACTIVE (answered with the risk view; a breach keeps entries blocked)."""
 
-class Reduce(_Frozen):
+
+class GetState(Frozen):
+    """The risk view (GET /risk, /health)."""
+
+
+class FlattenRound(Frozen):
+    """RiskActor -> itself: run a flatten round on a fresh PositionBook now (after answering the request)."""
+
+
+class Reduce(Frozen):
     """Exits only: new entries are blocked `RISK_BLOCKED:REDUCING_ONLY` until Resume."""
 
 
-class Flatten(_Frozen):
+class Flatten(Frozen):
     """Cancel our open orders and EXIT every non-CNC position in scope, repeating until the broker is flat.
 
     No scope = the whole account (and the state becomes at least REDUCING, so entries cannot refill it).
@@ -30,21 +41,21 @@ class Flatten(_Frozen):
     reason: str = "MANUAL"
 
 
-class StopFlatten(_Frozen):
+class StopFlatten(Frozen):
     """End every running flatten job (`POST /risk/flatten/stop`, `oms risk stop-flatten`). The trading state is
     left as it is: a breach stays HALTED, a whole-account flatten's REDUCING stays until resume."""
 
 
 # ---- payloads of the pure core ----------------------------------------------------------------------
 
-class RiskEvent(_Frozen):
+class RiskEvent(Frozen):
     """Something the actor must log and notify (and persist): WARNING, BREACH, COOLDOWN, DAY_CLOSED, ..."""
 
     kind: str
     text: str
 
 
-class CancelIntent(_Frozen):
+class CancelIntent(Frozen):
     """One of our orders open at the broker, to cancel before its position is exited."""
 
     command_id: str
@@ -55,7 +66,7 @@ class CancelIntent(_Frozen):
     execution_type: str
 
 
-class ExitIntent(_Frozen):
+class ExitIntent(Frozen):
     """One EXIT leg to register (source "risk") for a strategy's share of a broker position."""
 
     strategy_name: str
@@ -66,7 +77,7 @@ class ExitIntent(_Frozen):
     quantity: int
 
 
-class Leftover(_Frozen):
+class Leftover(Frozen):
     """A broker position in scope that no strategy of ours holds (external, or a ledger mismatch)."""
 
     exchange: str
@@ -75,7 +86,7 @@ class Leftover(_Frozen):
     netqty: int
 
 
-class FlattenPlan(_Frozen):
+class FlattenPlan(Frozen):
     """One round of flattening: cancel these, exit those, wait for the rest."""
 
     cancels: tuple[CancelIntent, ...] = ()
@@ -92,24 +103,24 @@ class FlattenPlan(_Frozen):
 
 # ---- last prices for the positions view (GET /positions, the dashboard) --------------------------------
 
-class GetPnlSeries(_Frozen):
+class GetPnlSeries(Frozen):
     """Ask RiskActor for today's P&L through the day: {"day", "points": [{"at", "pnl", "floor"}]}, one point a
     minute (the dashboard's chart)."""
 
 
-class GetLastPrices(_Frozen):
+class GetLastPrices(Frozen):
     """Ask RiskActor for the last prices and contract multipliers of its latest PositionBook (answered with
     LastPrices; empty until a non-empty PositionBook has been read)."""
 
 
-class LastPrice(_Frozen):
+class LastPrice(Frozen):
     exchange: str
     symbol: str
     last_price: float | None = None
     multiplier: float = 1.0  # mult x prcftr of the PositionBook row (1 where the broker reports none)
 
 
-class LastPrices(_Frozen):
+class LastPrices(Frozen):
     prices: tuple[LastPrice, ...] = ()
     at: str | None = None  # UTC ISO-8601 of the PositionBook read
 

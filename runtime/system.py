@@ -45,7 +45,11 @@ from actors.risk import RiskActor
 from actors.risk_rules import trading_day
 from actors.store import StoreActor
 from actors.watcher import WatcherActor
+from messages.broker import GetSession
 from messages.commands import AnnounceLegs, Notify, TransitionOrder
+from messages.control import Accept, GetNotifierStats, GetPort, Refuse
+from messages.store import Sync
+from messages.watcher import GetWatcherStatus, PollNow
 from messages.orders import OrderSnapshot
 from runtime.config import Config
 from runtime.logs import add_stderr_sink, remove_logging, setup_logging
@@ -156,7 +160,7 @@ class System:
         server = create_listener(self.app, cfg, port)
         reg.set("ingress", IngressActor.start(reg, cfg, app=self.app, port=port, server=server,
                                               on_death=self._listener_died))
-        self.port = reg.ask("ingress", "port")
+        self.port = reg.ask("ingress", GetPort())
         self.factories["ingress"] = lambda: IngressActor.start(reg, cfg, app=self.app, port=self.port,
                                                                on_death=self._listener_died)
         self.operator_app = self.app
@@ -169,7 +173,7 @@ class System:
             server = create_listener(self.operator_app, cfg, cfg.operator.port, host)
             reg.set("operator", OperatorIngressActor.start(reg, cfg, app=self.operator_app, port=cfg.operator.port,
                                                            server=server, on_death=self._listener_died, host=host))
-            self.operator_port = reg.ask("operator", "port")
+            self.operator_port = reg.ask("operator", GetPort())
             self.factories["operator"] = lambda: OperatorIngressActor.start(
                 reg, cfg, app=self.operator_app, port=self.operator_port, on_death=self._listener_died, host=host)
         self.db = open_database(self.data_dir / "orders.db", synchronous=self.config.service.db_synchronous)
@@ -198,9 +202,9 @@ class System:
             else:
                 reg.set(name, self.factories[name]())
         self.recover()
-        reg.ask("ingress", "accept")
+        reg.ask("ingress", Accept())
         if reg.get("operator") is not None:
-            reg.ask("operator", "accept")
+            reg.ask("operator", Accept())
         self.started = True
         reg.tell("notifier", Notify(kind="service", text=f"shoonya-oms started ({cfg.broker.mode}, "
                                                          f"client {cfg.service.client_id})"))
@@ -223,7 +227,7 @@ class System:
         """Refuse to start when the broker rejects our credentials: retrying cannot help, and every retry brings
         the account closer to the broker's lock. A network failure is not a rejection: the service starts and
         keeps trying."""
-        self.registry.ask("broker", "session", timeout=LOGIN_WAIT_S)  # answered once its first login is done
+        self.registry.ask("broker", GetSession(), timeout=LOGIN_WAIT_S)  # answered once its first login is done
         session = self.broker_session.snapshot()
         if session["refused"] and session["credentials"]:
             b = self.config.broker
@@ -246,8 +250,8 @@ class System:
         try:
             if self.config.broker.use_websocket:
                 self._wait_for_websocket(WS_WAIT_AT_START_S)
-            self.registry.ask("watcher", "poll_now", timeout=RECOVER_TIMEOUT_S)
-            self.registry.ask("store", "sync", timeout=RECOVER_TIMEOUT_S)
+            self.registry.ask("watcher", PollNow(), timeout=RECOVER_TIMEOUT_S)
+            self.registry.ask("store", Sync(), timeout=RECOVER_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - a broker outage must not stop the service starting
             logger.warning("start-up reconciliation incomplete ({!r}); polling continues", exc)
         by_alert: dict[str, list[OrderSnapshot]] = {}
@@ -269,7 +273,8 @@ class System:
         """Until the watcher has heard that the WebSocket is connected (or refused), at most timeout_s."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.registry.ask("watcher", "status", timeout=RECOVER_TIMEOUT_S)["ws"] in ("connected", "auth_failed"):
+            status = self.registry.ask("watcher", GetWatcherStatus(), timeout=RECOVER_TIMEOUT_S)
+            if status["ws"] in ("connected", "auth_failed"):
                 return
             time.sleep(0.01)
         logger.info("WebSocket not connected after {:.1f} s; reconciling with the OrderBook without it", timeout_s)
@@ -291,7 +296,7 @@ class System:
                 if self.registry.get(name) is None:
                     continue
                 try:
-                    self.registry.ask(name, "refuse", timeout=5)
+                    self.registry.ask(name, Refuse(), timeout=5)
                 except (pykka.ActorDeadError, pykka.Timeout):
                     pass
             if self.started and self.db is not None and not self.drain(self.config.service.shutdown_drain_s):
@@ -386,4 +391,4 @@ class System:
                                f"{current and current['status']} {current and current['tag']}") from None
 
     def notifications(self) -> dict:
-        return self.registry.ask("notifier", "stats", timeout=5)
+        return self.registry.ask("notifier", GetNotifierStats(), timeout=5)

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from actors.broker_session import LOGGED_IN, LOGGED_OUT, LOGGING_IN, SessionGate
+from messages.broker import Relogin, ReloginDue
 from runtime.noren.errors import (
     CredentialsRejected,
     LoginFailed,
@@ -196,8 +197,8 @@ def test_refused_relogin_blocks_orders_notifies_once_and_retries_three_times_per
     gate.clock = lambda: time.monotonic() + offset[0]
     for step in (61, 241, 100, 100, 100):
         offset[0] += step
-        system.registry.ask("broker", "relogin_due", timeout=10)  # what the retry timer tells the broker
-        system.registry.ask("broker", "relogin", timeout=10)  # and what the readers ask on Session Expired
+        system.registry.ask("broker", ReloginDue(), timeout=10)  # what the retry timer tells the broker
+        system.registry.ask("broker", Relogin(), timeout=10)  # and what the readers ask on Session Expired
         cid = submit(system, alert(strategy="LATE", alert_id=f"late-{step}-{offset[0]}", tradingsymbol=NIFTY_CE))
         assert system.wait_for_status(cid, "FAILED")["tag"] == "SEND_FAILED:NOT_LOGGED_IN"
     assert exchange.logins()["TEST1"]["attempts"] - before == 3
@@ -206,7 +207,7 @@ def test_refused_relogin_blocks_orders_notifies_once_and_retries_three_times_per
     # The password is fixed; once the first refusal leaves the window, the next retry logs in and orders go.
     exchange.set_users(TEST1=PASSWORD)
     offset[0] += 400
-    assert system.registry.ask("broker", "relogin_due", timeout=10) is True
+    assert system.registry.ask("broker", ReloginDue(), timeout=10) is True
     system.wait_until(lambda: health(system)[0] == 200, 10, "health 200 after the login")
     assert health(system)[1]["broker"] == LOGGED_IN
     cid = submit(system, alert(strategy="AFTER", alert_id="after", tradingsymbol=NIFTY_CE))

@@ -15,6 +15,7 @@ import pytest
 from actors.store import OrderStore
 from messages.commands import BrokerOrderReport, RegisterAlert, TransitionOrder
 from messages.orders import NewOrder
+from messages.watcher import GetWatcherStatus
 from runtime.cli import format_orders
 from storage import queries
 from storage.db import close_database, open_database
@@ -162,7 +163,7 @@ def test_websocket_pushes_record_open_trigger_pending_and_complete(make_system, 
     assert rest["status"] == "SENT_TO_BROKER" and rest["broker_status_at"]
     done = system.wait_for_status(filled, "EXECUTED")
     assert done["broker_status"] == "COMPLETE"
-    assert system.registry.ask("watcher", "status", timeout=5)["ws"] == "connected"
+    assert system.registry.ask("watcher", GetWatcherStatus(), timeout=5)["ws"] == "connected"
 
     listed = {o["command_id"]: o for o in queries.list_orders()}  # what GET /orders serves
     assert listed[resting]["broker_status"] == "OPEN" and listed[filled]["broker_status"] == "COMPLETE"

@@ -14,6 +14,7 @@ from actors.watcher import UnknownOrders
 from conftest import SECRET, alert, paper_faults, set_ltp
 from messages.commands import BrokerOrderNotFound, BrokerOrderReport, CancelOrder
 from messages.orders import OrderChanged, OrderSnapshot
+from messages.watcher import GetWatcherStatus
 from runtime.config import PaperConfig
 from runtime.noren.errors import (
     BrokerRejected,
@@ -139,7 +140,7 @@ def _notes(system, cid: str) -> list[dict]:
 
 
 def _watcher(system) -> dict:
-    return system.registry.ask("watcher", "status", timeout=10)
+    return system.registry.ask("watcher", GetWatcherStatus(), timeout=10)
 
 
 def test_cancel_not_found_ends_broker_unknown_order_and_unblocks_the_strategy(make_system, paper):

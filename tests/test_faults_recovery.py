@@ -23,9 +23,13 @@ import pytest
 import requests
 
 from actors.store import OrderStore
+from messages.broker import IsLoggedIn
 from messages.commands import BrokerOrderReport, PositionsSnapshot, RegisterAlert, TransitionOrder
+from messages.control import GetLedger
 from messages.noren import PlaceOrderRequest
 from messages.orders import NewOrder
+from messages.store import Sync
+from messages.watcher import GetWatcherStatus, LookUp
 from runtime.noren.rest import NorenRestClient
 from storage.db import close_database, open_database
 from storage.models import ExternalOrder, Order
@@ -119,7 +123,7 @@ def notes(system, kind: str, command_id: str | None = None) -> list[dict]:
 
 
 def watcher_status(system) -> dict:
-    return system.registry.ask("watcher", "status", timeout=5)
+    return system.registry.ask("watcher", GetWatcherStatus(), timeout=5)
 
 
 def wait_ws(system, state: str = "connected", timeout: float = 10.0) -> None:
@@ -129,13 +133,13 @@ def wait_ws(system, state: str = "connected", timeout: float = 10.0) -> None:
 def broker_done(system, command_id: str) -> None:
     """Returns once BrokerActor has finished sending this order (whatever the outcome)."""
     system.wait_until(lambda: system.order(command_id)["status"] != "CREATED", 5, f"{command_id} to leave CREATED")
-    system.registry.ask("broker", "logged_in", timeout=10)  # queued behind the send() in progress
+    system.registry.ask("broker", IsLoggedIn(), timeout=10)  # queued behind the send() in progress
 
 
 def flush_reports(system) -> None:
     """Every report told to the watcher so far has been forwarded and applied by the store."""
     watcher_status(system)
-    system.registry.ask("store", "sync", timeout=5)
+    system.registry.ask("store", Sync(), timeout=5)
 
 
 def wait_polls(system, count: int, timeout: float = 10.0) -> None:
@@ -199,7 +203,7 @@ def get_json(system, path: str):
 
 
 def ledger(system) -> dict:
-    return system.registry.ask("guard", "ledger", timeout=5)["positions"]
+    return system.registry.ask("guard", GetLedger(), timeout=5)["positions"]
 
 
 def wait_ledger(system, positions: dict, timeout: float = 5.0) -> None:
@@ -232,7 +236,7 @@ def test_hung_place_order_stays_sent_is_never_resent_and_is_adopted_by_remarks(o
     assert_clean_chain(order)
 
     for _ in range(3):  # several more OrderBook reads: still one exchange order, nothing changes
-        assert system.registry.ask("watcher", "lookup", timeout=5) is True
+        assert system.registry.ask("watcher", LookUp(), timeout=5) is True
         flush_reports(system)
         assert len(at_paper(paper, cid)) == 1
     assert system.order(cid)["events"] == order["events"]
@@ -276,7 +280,7 @@ def test_place_order_answered_500_becomes_lost_in_flight_then_is_adopted_by_a_la
     assert (sent["status"], sent["broker_order_id"], sent["tag"]) == ("SENT_TO_BROKER", None, None)
 
     def looked_up_until_settled():
-        assert system.registry.ask("watcher", "lookup", timeout=5) is True
+        assert system.registry.ask("watcher", LookUp(), timeout=5) is True
         assert at_paper(paper, cid) == [], "the order was resent"
         current = system.order(cid)
         return current if current["status"] != "SENT_TO_BROKER" else None
@@ -375,7 +379,7 @@ def test_session_expiry_mid_run_relogs_and_reauthenticates_the_websocket(oms, pa
     order = system.wait_for_status(cid, "EXECUTED", timeout=10)
     assert_matches_exchange(order, paper)  # placed once, with a session opened after the expiry
     wait_log_count(system, LOGGED_IN, logins + 1)  # the broker logged in again
-    assert system.registry.ask("broker", "logged_in", timeout=5) is True
+    assert system.registry.ask("broker", IsLoggedIn(), timeout=5) is True
 
     wait_log_count(system, WS_AUTHED, 2)  # the socket authenticated again, with the new session
     wait_ws(system)
@@ -737,9 +741,9 @@ def test_a_restarted_watcher_knows_the_websocket_is_up_and_still_applies_fills(o
     """A watcher restarted by the supervisor asks the broker whether the socket is connected (the `ws:connected`
     event went to its dead predecessor); without that it would read the whole OrderBook on every tick."""
     system = oms()
-    system.wait_until(lambda: system.registry.ask("watcher", "status")["ws"] == "connected", what="ws up")
+    system.wait_until(lambda: system.registry.ask("watcher", GetWatcherStatus())["ws"] == "connected", what="ws up")
     system.registry.inject_fault("watcher", "BrokerOrderReport", 1)
     cid = one_leg(system, alert())
     system.wait_for_status(cid, "EXECUTED", timeout=10)  # the report is retried by the restarted watcher
     assert system.supervisor.restarts >= 1
-    assert system.registry.ask("watcher", "status")["ws"] == "connected"
+    assert system.registry.ask("watcher", GetWatcherStatus())["ws"] == "connected"

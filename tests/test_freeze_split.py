@@ -11,7 +11,9 @@ import pytest
 from actors.instruments import FREEZE_QTY, LOT_SIZES, freeze_qty, freeze_table, lot_size_fallback
 from actors.guard import split_quantities
 from actors.store import OrderStore, split_family
+from messages.broker import GetReader
 from messages.commands import AmendExitLeg, InstrumentQuery, RegisterAlert, RiskCleared, SplitLeg, TransitionOrder
+from messages.control import GetLedger
 from messages.orders import NewOrder
 from runtime.config import ConfigError, config_from_dict
 from runtime.paper import engine as paper_engine
@@ -184,13 +186,13 @@ def test_entry_and_exit_above_the_freeze_quantity_are_split(make_system, paper_f
     status, body = system.inject_alert(alert(alert_id="big-entry", qty=4000))
     assert status == 202 and len(body["orders"]) == 1, body
     check_split(system, exchange, "big-entry", "BUY", body["orders"][0]["command_id"])
-    assert system.registry.ask("guard", "ledger")["positions"] == {f"S1|NFO|{SYM}|NRML": 4000}
+    assert system.registry.ask("guard", GetLedger())["positions"] == {f"S1|NFO|{SYM}|NRML": 4000}
 
     # The EXIT's quantity (all held) is known only in the guard: it is split there, after resolution.
     status, body = system.inject_alert(alert(alert_id="big-exit", execution_type="EXIT", qty=10000))
     assert status == 202 and body["orders"][0]["status"] == "CREATED", body
     check_split(system, exchange, "big-exit", "SELL", body["orders"][0]["command_id"])
-    system.wait_until(lambda: not system.registry.ask("guard", "ledger")["positions"], 5, "a flat ledger")
+    system.wait_until(lambda: not system.registry.ask("guard", GetLedger())["positions"], 5, "a flat ledger")
     positions = [p for p in exchange_positions(system) if p["tsym"] == SYM]
     assert positions and all(int(p["netqty"]) == 0 for p in positions)
 
@@ -211,7 +213,7 @@ def test_a_configured_freeze_quantity_splits_in_whole_lots_the_exchange_accepts(
 
 def exchange_positions(system) -> list[dict]:
     """The broker's PositionBook, read through the service's own session (a forked reader)."""
-    reader = system.registry.ask("broker", "reader", timeout=5)
+    reader = system.registry.ask("broker", GetReader(), timeout=5)
     try:
         return [p.model_dump() for p in reader.position_book()]
     finally:
@@ -244,9 +246,9 @@ def test_a_retried_check_after_the_split_sends_each_child_once(make_system, pape
 
     entry = register_and_split("retry-entry", "ENTRY", "BUY", 4000)
     check_split(system, exchange, "retry-entry", "BUY", entry)
-    system.wait_until(lambda: system.registry.ask("guard", "ledger")["positions"] == {f"S1|NFO|{SYM}|NRML": 4000},
+    system.wait_until(lambda: system.registry.ask("guard", GetLedger())["positions"] == {f"S1|NFO|{SYM}|NRML": 4000},
                       5, "the ledger to hold 4000")
     exit_cid = register_and_split("retry-exit", "EXIT", "BUY", 10000, resolved=("SELL", 4000))
     check_split(system, exchange, "retry-exit", "SELL", exit_cid)
-    system.wait_until(lambda: not system.registry.ask("guard", "ledger")["positions"], 5, "a flat ledger")
+    system.wait_until(lambda: not system.registry.ask("guard", GetLedger())["positions"], 5, "a flat ledger")
     assert len(paper_orders(exchange)) == 6  # nothing sent twice

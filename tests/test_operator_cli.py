@@ -17,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from messages.control import GetNotifierStats
 from tests.conftest import SECRET, alert
 from tests.symbols import NIFTY_CE, NIFTY_PE
 
@@ -91,7 +92,7 @@ def test_cancel_needs_all_or_a_filter_then_cancels_and_tail_shows_cancelled(make
     order = system.wait_for_status(mine, TERMINAL)
     assert order["status"] == "FAILED" and order["tag"].startswith("BROKER_CANCELED"), order
     system.wait_until(lambda: any(n["command_id"] == mine and n["kind"] == "cancelled"
-                                  for n in system.registry.ask("notifier", "stats")["recent"]),
+                                  for n in system.registry.ask("notifier", GetNotifierStats())["recent"]),
                       10, "the cancelled notification")
 
     def cancelled_line():

@@ -29,6 +29,8 @@ from actors.watcher import (
 from messages.commands import BrokerOrderReport, Notify, RegisterAlert, Tick, TransitionOrder
 from messages.noren import OrderBookEntry, PlaceOrderRequest
 from messages.orders import NewOrder
+from messages.store import Sync
+from messages.watcher import GetWatcherStatus, LookUp, WsStateChanged
 from runtime.noren.rest import NorenRestClient
 from storage import transitions as T
 from storage.db import close_database, open_database
@@ -287,7 +289,7 @@ def test_reconciler_forwards_an_external_order_again_only_when_it_moved(mkt_pape
 
 
 def status(system) -> dict:
-    return system.registry.ask("watcher", "status", timeout=10)
+    return system.registry.ask("watcher", GetWatcherStatus(), timeout=10)
 
 
 def ticks(system, n: int) -> dict:
@@ -334,8 +336,8 @@ def test_start_reads_the_book_once_and_forwards_only_what_changes(make_system, m
     assert sum(st["reads"].values()) == 1, st
     assert st["forwarded"] == 5, st
     assert st["filter_size"] == 6  # the resting order, and the forwarded rows until a read confirms them
-    system.registry.ask("store", "sync", timeout=5)
-    assert system.registry.ask("watcher", "lookup", timeout=5) is True  # WebSocket healthy: at the next tick
+    system.registry.ask("store", Sync(), timeout=5)
+    assert system.registry.ask("watcher", LookUp(), timeout=5) is True  # WebSocket healthy: at the next tick
     st = ticks(system, 1)
     assert st["reads"].get("lookup") == 1 and st["forwarded"] == 5, st
     assert st["filter_size"] == 1  # settled rows are not kept
@@ -433,7 +435,7 @@ def test_without_websocket_every_tick_reads_while_an_order_is_open(make_system, 
 
     def polled_until_executed():
         ticks(system, 1)
-        system.registry.ask("store", "sync", timeout=5)
+        system.registry.ask("store", Sync(), timeout=5)
         return system.order(resting)["status"] == "EXECUTED"
 
     system.wait_until(polled_until_executed, 5, "the fill through a poll")
@@ -453,6 +455,6 @@ def test_a_connection_announced_after_the_start_up_read_is_read_again(make_syste
     read and the subscription). Without a socket of its own, the service is told what the broker would say."""
     system = make_system(broker={"use_websocket": False, "poll_interval_s": NO_TICKS})
     assert status(system)["reads"] == {"start-up": 1}
-    system.inject("watcher", "ws:connected")
+    system.inject("watcher", WsStateChanged(state="connected"))
     assert status(system)["reads"] == {"start-up": 1, "reconnect": 1}
     assert ticks(system, 3)["reads"] == {"start-up": 1, "reconnect": 1}  # connected, and nothing is due

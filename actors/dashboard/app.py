@@ -35,8 +35,10 @@ from actors.dashboard.words import ist, money, plain_tag
 from actors.pnl_series import svg as pnl_svg
 from actors.risk_rules import IST
 from messages.alerts import WebhookAlert
+from messages.broker import IsLoggedIn, IsWsConnected
 from messages.commands import GetState
 from messages.risk import GetPnlSeries
+from messages.watcher import GetWatcherStatus
 from storage import queries
 from storage import transitions as T
 
@@ -391,8 +393,8 @@ def create_dashboard(ingress, registry, config) -> Flask:
 
     @app.route("/ui/diagnostics")
     def diagnostics():
-        watcher = ask("watcher", "status") or {}
-        broker = {"logged_in": ask("broker", "logged_in"), "websocket_connected": ask("broker", "ws_connected"),
+        watcher = ask("watcher", GetWatcherStatus()) or {}
+        broker = {"logged_in": ask("broker", IsLoggedIn()), "websocket_connected": ask("broker", IsWsConnected()),
                   "watcher_websocket": watcher.get("ws"), "last_poll_ok": watcher.get("last_poll_ok"),
                   "accepting_alerts": ingress.accepting.is_set()}
         return render_template("diagnostics.html", counts=queries.counts_by_status(),
