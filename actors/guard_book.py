@@ -181,12 +181,7 @@ class GuardBook:
         if cid in self.exit_unfilled:
             self.exit_unfilled[cid] = max(0, order.quantity - order.filled_qty)
         if change.to_status not in T.NON_TERMINAL:
-            flight = self.in_flight.pop(cid, None)
-            self.exit_unfilled.pop(cid, None)
-            if flight is not None:
-                _discard(self._in_flight_by_book, (flight.strategy, flight.exchange, flight.symbol), cid)
-                _discard(self._exits_by_instrument, (flight.exchange, flight.symbol, flight.product, flight.side),
-                         cid)
+            self.release(cid)
 
     def strategy_positions(self, strategy: str) -> dict[PositionKey, int]:
         return {k: self.positions[k] for k in self._by_strategy.get(strategy, ()) if self.positions.get(k)}
@@ -267,8 +262,8 @@ class GuardBook:
                                                order.quantity), order.filled_qty)
 
     def release(self, command_id: str) -> None:
-        """Forget an order admitted in flight that will not be sent after all (blocked, or re-admitted as
-        its split pieces)."""
+        """Forget an order in flight: it ended, or will not be sent after all (blocked, or re-admitted as its
+        split pieces)."""
         flight = self.in_flight.pop(command_id, None)
         self.exit_unfilled.pop(command_id, None)
         if flight is not None:

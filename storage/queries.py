@@ -17,13 +17,7 @@ def order_dict(row: Order) -> dict:
 
 def list_orders(status: str | None = None, strategy: str | None = None, symbol: str | None = None,
                 limit: int = 100) -> list[dict]:
-    query = Order.select().order_by(Order.id.desc())
-    if status:
-        query = query.where(Order.status == status.upper())
-    if strategy:
-        query = query.where(Order.strategy_name == strategy)
-    if symbol:
-        query = query.where(Order.symbol == symbol)
+    query = _order_filters(Order.select().order_by(Order.id.desc()), status, strategy, symbol, None, None)
     return [order_dict(r) for r in query.limit(max(1, min(int(limit), 10000)))]
 
 
