@@ -48,6 +48,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from datetime import datetime, timezone
 import threading
 import time
 from collections.abc import Callable
@@ -174,7 +175,8 @@ class DashboardViewers:
             with self._lock:
                 self.errors += 1
             return
-        since = ""
+        # As the page does: it shows the rows it was rendered with, then asks only for what changed since.
+        since = datetime.now(timezone.utc).isoformat(timespec="microseconds")
         while not self.stop_event.wait(DASHBOARD_POLL_S):
             try:
                 reply = session.get(f"{base}/ui/api/orders", params={"since": since}, timeout=10)

@@ -234,7 +234,8 @@ def orders_changed_since(since: str, strategy: str | None = None, symbol: str | 
     """Orders with updated_at > since (status not filtered: a row that leaves the filter must update too)."""
     query = _order_filters(Order.select().where(Order.updated_at > since), None, strategy, symbol, created_from,
                            created_to)
-    return [order_dict(r) for r in query.order_by(Order.updated_at).limit(limit)]
+    # Plain dicts: no model object per row (the live poll runs every second per open tab, beside the order path).
+    return list(query.order_by(Order.updated_at).limit(limit).dicts())
 
 
 def filtered_counts_by_status(strategy: str | None = None, symbol: str | None = None,

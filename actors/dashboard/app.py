@@ -126,6 +126,26 @@ def order_view(o: dict, status_filter: str | None = None) -> dict:
             "matches": not status_filter or o["status"] == status_filter}
 
 
+COUNTS_TTL_S = 1.0  # open tabs share the counts by status for this long (each poll would scan the day's orders)
+_counts_cache: dict[tuple, tuple[float, dict]] = {}
+_counts_lock = threading.Lock()
+
+
+def live_counts(*filters) -> dict[str, int]:
+    """Counts by status for the live poll, computed at most once a second per filter, whatever the tabs."""
+    now = time.monotonic()
+    with _counts_lock:
+        hit = _counts_cache.get(filters)
+        if hit is not None and now - hit[0] < COUNTS_TTL_S:
+            return hit[1]
+    counts = queries.filtered_counts_by_status(*filters)
+    with _counts_lock:
+        if len(_counts_cache) > 64:
+            _counts_cache.clear()
+        _counts_cache[filters] = (now, counts)
+    return counts
+
+
 def create_dashboard(ingress, registry, config) -> Flask:
     app = Flask("actors.dashboard", root_path=str(HERE), static_folder="static", static_url_path="/ui/static",
                 template_folder="templates")
@@ -278,8 +298,7 @@ def create_dashboard(ingress, registry, config) -> Flask:
             rows = [r for r in rows if r["updated_at"] != rows[-1]["updated_at"]] or rows
         return jsonify(rows=[order_view(o, f["status"]) for o in rows],
                        since=max([since] + [o["updated_at"] for o in rows]),
-                       counts=queries.filtered_counts_by_status(f["strategy"], f["symbol"], f["created_from"],
-                                                                f["created_to"]))
+                       counts=live_counts(f["strategy"], f["symbol"], f["created_from"], f["created_to"]))
 
     @app.route("/ui/orders/<command_id>")
     def order(command_id: str):
