@@ -155,6 +155,10 @@ def create_dashboard(ingress, registry, config) -> Flask:
                       MAX_CONTENT_LENGTH=config.service.max_body_bytes, SEND_FILE_MAX_AGE_DEFAULT=300)
     app.session_interface = _Sessions()
     app.jinja_env.filters.update(ist=ist, money=money, plain_tag=plain_tag)
+    # Compile every template now, at start: a first page view must not hold the GIL for the compilation while
+    # orders flow.
+    for name in app.jinja_env.list_templates():
+        app.jinja_env.get_template(name)
     app.jinja_env.globals.update(RISK_ACTIONS=RISK_ACTIONS, STATUSES=T.STATUSES)
     lockout, lockout_lock = Lockout(), threading.Lock()
 
