@@ -656,6 +656,9 @@ class BrokerActor(SupervisedActor):
                 if prepared is not None:
                     self.place(order, *prepared)
             return
+        # A leg no longer CREATED was claimed already (SendLegs re-delivered to a restarted broker): it is not a
+        # failure of the spread; only the legs still CREATED go on.
+        orders = [o for o in orders if queries.order_status(o.command_id) in (None, "CREATED")]
         ready = []
         for order in orders:
             prepared = self.prepare(order)

@@ -261,3 +261,26 @@ def test_held_wings_survive_a_guard_restart(make_system, prices):
     assert len(at_paper(prices, wing)) == 1
     hand = Hand(prices)
     assert (hand.net(CE), hand.net(CE_WING)) == (0, 0)
+
+
+def test_a_spread_redelivered_to_the_broker_sends_only_what_is_still_created(make_system, prices):
+    """SendLegs handed again to a restarted broker after one leg was already claimed: the claimed leg is not a
+    failure of the spread (no OTHER_LEG_BLOCKED), and the other leg still goes — once."""
+    from messages.commands import RegisterAlert, SendLegs, TransitionOrder
+    from messages.orders import NewOrder
+
+    system = make_system()
+    legs = tuple(NewOrder(command_id=f"omsredeliver{i:08d}", alert_id="redeliver", client_id="paper",
+                          source="webhook", strategy_name="S1", execution_type="ENTRY", exchange="NFO", symbol=sym,
+                          side=side, quantity=65, product="NRML", order_type="MARKET", leg_index=i)
+                 for i, (sym, side) in enumerate(((CE_WING, "BUY"), (CE, "SELL"))))
+    result = system.registry.ask("store", RegisterAlert(alert_id="redeliver", source="webhook", legs=legs,
+                                                        announce=False))
+    first, second = result.orders
+    # the first leg was claimed (and sent) by the broker before it died
+    system.registry.ask("store", TransitionOrder(command_id=first.command_id, to_status="SENT_TO_BROKER",
+                                                 expect_from=("CREATED",)))
+    system.inject("broker", SendLegs(orders=(first, second), together=True))
+    done = system.wait_for_status(second.command_id, ("EXECUTED", "FAILED"), timeout=15)
+    assert done["status"] == "EXECUTED", done
+    assert len(at_paper(prices, second.command_id)) == 1 and at_paper(prices, first.command_id) == []
