@@ -284,3 +284,22 @@ def test_a_spread_redelivered_to_the_broker_sends_only_what_is_still_created(mak
     done = system.wait_for_status(second.command_id, ("EXECUTED", "FAILED"), timeout=15)
     assert done["status"] == "EXECUTED", done
     assert len(at_paper(prices, second.command_id)) == 1 and at_paper(prices, first.command_id) == []
+
+
+def test_an_exit_after_a_partial_fill_sells_only_what_filled_and_never_crosses_zero(make_system, paper_factory):
+    """The entry fills in slices (65 of 130 so far) when the EXIT comes: the exit sells what the strategy and
+    the broker hold (65), cancels the rest of the entry, and the broker's position never goes short."""
+    exchange = paper_factory(fill_slice_qty=65, fill_delay_ms=1500)
+    set_ltp(exchange, "NFO", CE, 100.0)
+    system = make_system(exchange)
+    hand = Hand(exchange)
+    [entry] = send(system, alert(legs=[leg(CE, "BUY", qty=130)]))
+    system.wait_for_status(entry["command_id"], "PARTIAL", timeout=15)
+    assert system.order(entry["command_id"])["filled_qty"] == 65
+    [exit_] = send(system, alert(execution_type="EXIT", legs=[leg(CE, "SELL", qty=130)]))
+    done = system.wait_for_status(exit_["command_id"], ("EXECUTED", "FAILED"), timeout=15)
+    assert (done["status"], done["side"]) == ("EXECUTED", "SELL") and done["quantity"] <= 65
+    ended = system.wait_for_status(entry["command_id"], ("EXECUTED", "FAILED"), timeout=15)
+    net = hand.net(CE)
+    assert net >= 0  # never across zero
+    assert net == ended["filled_qty"] - done["filled_qty"]  # what is left is exactly what filled after the exit
