@@ -65,6 +65,13 @@ def test_wrong_password_is_refused_and_attempts_are_throttled(dash):
         login(dash, "wrong")
     _, locked = login(dash)  # the right password, but the address is locked out now
     assert locked.status_code == 429 and "Too many failed logins" in locked.text
+    from storage.models import Alert  # every refusal is audited (issue 13)
+
+    def audited(outcome):
+        return Alert.select().where((Alert.source == "operator") & (Alert.outcome == outcome)
+                                    & Alert.error.startswith("dashboard login")).count()
+
+    dash.wait_until(lambda: audited("unauthorized") == 10 and audited("locked_out") == 1, 5, "the refusals audited")
 
 
 def test_without_a_configured_password_every_login_is_refused(make_system):

@@ -36,7 +36,7 @@ from actors.pnl_series import svg as pnl_svg
 from actors.risk_rules import IST
 from messages.alerts import WebhookAlert
 from messages.broker import IsLoggedIn, IsWsConnected
-from messages.commands import GetState
+from messages.commands import GetState, RecordAlert
 from messages.risk import GetPnlSeries
 from messages.watcher import GetWatcherStatus
 from storage import queries
@@ -163,7 +163,13 @@ def create_dashboard(ingress, registry, config) -> Flask:
     lockout, lockout_lock = Lockout(), threading.Lock()
 
     def client() -> str:
-        return request.remote_addr or ""
+        # The listener's rule: X-Forwarded-For only from a trusted proxy (actors/access.py).
+        return ingress.addresses.client(request.remote_addr, request.headers.get("X-Forwarded-For")) or ""
+
+    def audit_refusal(status: int, outcome: str, why: str) -> None:
+        """A refused dashboard login is audited like every refusal of the operator surface (an alerts row)."""
+        ingress._record(RecordAlert(source="operator", outcome=outcome, http_status=status, remote_addr=client(),
+                                    error=f"dashboard login: {why}"))
 
     def csrf_token() -> str:
         if "csrf" not in session:
@@ -235,6 +241,7 @@ def create_dashboard(ingress, registry, config) -> Flask:
         with lockout_lock:
             locked = lockout.locked(client(), now)
         if locked:
+            audit_refusal(429, "locked_out", "too many failed logins")
             return render_template("login.html", error="Too many failed logins from this address: try again in "
                                                        "15 minutes.", next=target), 429
         if password_ok(request.form.get("password"), configured):
@@ -247,6 +254,7 @@ def create_dashboard(ingress, registry, config) -> Flask:
             now_locked = lockout.failed(client(), now)
         logger.warning("dashboard: failed login from {}{}", client(),
                        "; address locked out for 15 minutes" if now_locked else "")
+        audit_refusal(401, "unauthorized", "wrong password")
         return render_template("login.html", error="Wrong password.", next=target), 401
 
     @app.route("/ui/logout", methods=["POST"])
