@@ -44,7 +44,6 @@ from actors.guard_book import (
     split_quantities,
 )
 from actors.instruments import freeze_qty, freeze_table, lot_size_fallback, underlying
-from actors.store import has_children, split_family
 from messages.commands import (
     AmendExitLeg,
     CancelOrder,
@@ -426,8 +425,8 @@ class GuardActor(SupervisedActor):
         except Exception as exc:  # noqa: BLE001
             logger.error("store not answering ({!r}); {} left for restart recovery", exc, command_id)
             return ()
-        family = split_family(command_id)
-        if has_children(command_id):
+        family = queries.split_family(command_id)
+        if queries.has_children(command_id):
             return family  # split: the parent and the children that are still CREATED
         if family:  # never split and still CREATED: it is above the freeze quantity, do not send it whole
             self._block(family[0], "GUARD_BLOCKED:SPLIT_FAILED")

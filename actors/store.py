@@ -41,6 +41,7 @@ from messages.commands import (
 )
 from messages.orders import OrderChanged, OrderSnapshot, new_command_id
 from messages.store import Sync
+from storage.queries import children_of as _children, has_children, split_family  # noqa: F401 - re-exported
 from storage import transitions as T
 from storage.models import Alert, ExternalOrder, LedgerAdjustment, Order, OrderEvent, SeenSignature, utc_now
 
@@ -52,30 +53,6 @@ def new_alert_key() -> str:
 
 def snapshot(row: Order) -> OrderSnapshot:
     return OrderSnapshot.model_validate(row.__data__, from_attributes=False)
-
-
-def _children(command_id: str, alert_id: str):
-    # Children share the parent's alert_id: the alert_id index keeps this from scanning the whole table.
-    return Order.select().where((Order.alert_id == alert_id) & (Order.parent_command_id == command_id))
-
-
-def has_children(command_id: str) -> bool:
-    """A read: has this order been split at the freeze quantity?"""
-    row = Order.get_or_none(Order.command_id == command_id)
-    return row is not None and _children(command_id, row.alert_id).exists()
-
-
-def split_family(command_id: str) -> tuple[OrderSnapshot, ...]:
-    """A read: the order and its split children that are still CREATED, parent first, then in leg order."""
-    parent = Order.get_or_none(Order.command_id == command_id)
-    if parent is None:
-        return ()
-    rows = (Order.select()
-            .where((Order.alert_id == parent.alert_id)
-                   & ((Order.command_id == command_id) | (Order.parent_command_id == command_id))
-                   & (Order.status == T.CREATED))
-            .order_by(Order.leg_index, Order.id))
-    return tuple(sorted((snapshot(r) for r in rows), key=lambda o: o.command_id != command_id))
 
 
 def _order_response(orders: Iterable[OrderSnapshot]) -> list[dict]:

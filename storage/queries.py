@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from peewee import fn
 
+from messages.orders import OrderSnapshot
 from storage import transitions as T
 from storage.models import LedgerAdjustment, Order, OrderEvent
 
@@ -343,3 +344,29 @@ def open_orders_brief() -> list[dict]:
                              Order.exchange, Order.symbol, Order.product, Order.status,
                              Order.broker_order_id, Order.created_at)
                 .where(Order.status.in_(sorted(T.NON_TERMINAL))).dicts())
+
+
+# ---- the freeze split's families (the guard's retried checks) ----------------------------------------------
+
+def children_of(command_id: str, alert_id: str):
+    # Children share the parent's alert_id: the alert_id index keeps this from scanning the whole table.
+    return Order.select().where((Order.alert_id == alert_id) & (Order.parent_command_id == command_id))
+
+
+def has_children(command_id: str) -> bool:
+    """A read: has this order been split at the freeze quantity?"""
+    row = Order.get_or_none(Order.command_id == command_id)
+    return row is not None and children_of(command_id, row.alert_id).exists()
+
+
+def split_family(command_id: str) -> tuple[OrderSnapshot, ...]:
+    """A read: the order and its split children that are still CREATED, parent first, then in leg order."""
+    parent = Order.get_or_none(Order.command_id == command_id)
+    if parent is None:
+        return ()
+    rows = (Order.select()
+            .where((Order.alert_id == parent.alert_id)
+                   & ((Order.command_id == command_id) | (Order.parent_command_id == command_id))
+                   & (Order.status == T.CREATED))
+            .order_by(Order.leg_index, Order.id))
+    return tuple(sorted((OrderSnapshot.model_validate(r.__data__) for r in rows), key=lambda o: o.command_id != command_id))
